@@ -1,0 +1,1 @@
+"""Cost metrics: analytic (params, MACs, peak memory) now; latency models later."""

@@ -1,0 +1,1 @@
+"""Standalone PyTorch modules: building blocks, the network builder and exports."""

@@ -1,0 +1,85 @@
+"""Build a plain `torch.nn.Module` from decoded layers. No search code is needed at inference."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from nascli.nn.blocks import ConvBNAct, InvertedBottleneck, SeparableConv
+from nascli.space.network import LayerArgs, Network
+
+# TF's truncated normal keeps draws within 2σ; this factor restores the intended variance.
+_TRUNCATED_STD_CORRECTION = 0.87962566103423978
+
+
+class MobileNet(nn.Module):
+    """features (stem, blocks, head, global pooling) → flatten → dropout → linear classifier."""
+
+    def __init__(self, features: nn.Sequential, classifier: nn.Linear, dropout: float) -> None:
+        super().__init__()
+        self.features = features
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.features(x), 1)
+        return self.classifier(self.dropout(x))
+
+
+def build_layer(layer: LayerArgs) -> nn.Module:
+    common = {"resolution": layer.in_resolution}
+    if layer.kind == "conv":
+        return ConvBNAct(
+            layer.in_channels, layer.out_channels, layer.kernel, stride=layer.stride,
+            bn=layer.bn, act=layer.act, **common,
+        )  # fmt: skip
+    if layer.kind == "sepconv":
+        return SeparableConv(
+            layer.in_channels, layer.out_channels, layer.kernel, layer.stride, layer.act,
+            residual=layer.residual, **common,
+        )  # fmt: skip
+    if layer.kind == "ibn":
+        return InvertedBottleneck(
+            layer.in_channels, layer.mid_channels, layer.out_channels, layer.kernel,
+            layer.stride, layer.act, layer.se_channels, residual=layer.residual, **common,
+        )  # fmt: skip
+    if layer.kind == "gap":
+        return nn.AdaptiveAvgPool2d(1)
+    raise ValueError(f"cannot build a {layer.kind!r} layer")
+
+
+def init_weights(model: nn.Module) -> None:
+    """TuNAS initialisers: truncated He-normal (fan-in) convs, depthwise fan-in k², classifier
+    N(0, 0.01), zero biases, BN γ = 1 and β = 0."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            fan_in = kh * kw * module.in_channels // module.groups
+            std = math.sqrt(2.0 / fan_in) / _TRUNCATED_STD_CORRECTION
+            nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.01)
+            nn.init.zeros_(module.bias)
+
+
+def build_model(network: Network) -> MobileNet:
+    """The standalone model of a decoded network, freshly initialised."""
+    *body, classifier = network.layers
+    features = nn.Sequential(
+        OrderedDict((layer.name.replace(".", "_"), build_layer(layer)) for layer in body)
+    )
+    model = MobileNet(
+        features,
+        nn.Linear(classifier.in_channels, classifier.out_channels),
+        network.settings.dropout,
+    )
+    init_weights(model)
+    return model

@@ -1,0 +1,128 @@
+"""Architectures: `(space, indices)`, their canonical text, validation, sampling and loading."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nascli.errors import NascliError
+from nascli.space.references import references_in
+from nascli.space.spaces import SPACES, SearchSpace
+
+
+def get_space(name: str) -> SearchSpace:
+    try:
+        return SPACES[name]
+    except KeyError:
+        raise NascliError(
+            f"unknown search space {name!r}; available: {', '.join(SPACES)}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One point of a search space. Its text form is TuNAS's colon-separated indices."""
+
+    space: str
+    indices: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        validate_indices(get_space(self.space), self.indices)
+
+    @property
+    def text(self) -> str:
+        return format_indices(self.indices)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def format_indices(indices: tuple[int, ...] | list[int]) -> str:
+    return ":".join(str(int(i)) for i in indices)
+
+
+def validate_indices(space: SearchSpace, indices: tuple[int, ...]) -> None:
+    """Raise a one-line `NascliError` naming the first bad position."""
+    if len(indices) != space.num_decisions:
+        raise NascliError(
+            f"space {space.name} needs {space.num_decisions} indices, got {len(indices)}"
+        )
+    for decision, index in zip(space.decisions, indices, strict=True):
+        if not 0 <= index < decision.num_choices:
+            raise NascliError(
+                f"index {index} at position {decision.position} ({decision.path}) is out of "
+                f"range: allowed 0..{decision.num_choices - 1}"
+            )
+
+
+def parse_indices(space: SearchSpace, text: str) -> Architecture:
+    """Parse `0:1:2:...` into a validated architecture of `space`."""
+    parts = text.strip().split(":")
+    try:
+        indices = tuple(int(p) for p in parts)
+    except ValueError:
+        bad = next(i for i, p in enumerate(parts) if not p.strip().lstrip("-").isdigit())
+        raise NascliError(f"indices position {bad} is not an integer: {parts[bad]!r}") from None
+    return Architecture(space.name, indices)
+
+
+def sample_indices(
+    space: SearchSpace, num: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """`num` architectures, uniform per decision (TuNAS's random sampler): shape (num, D)."""
+    sizes = torch.tensor([d.num_choices for d in space.decisions], dtype=torch.float64)
+    uniform = torch.rand(num, space.num_decisions, generator=generator, dtype=torch.float64)
+    return (uniform * sizes).floor().long()
+
+
+def sample_architecture(
+    space: SearchSpace, generator: torch.Generator | None = None
+) -> Architecture:
+    indices = sample_indices(space, 1, generator)[0]
+    return Architecture(space.name, tuple(indices.tolist()))
+
+
+def load_architecture(spec: str, space: SearchSpace) -> Architecture:
+    """`spec` is an indices string, a reference name, an `arch.json`, or a run directory."""
+    spec = str(spec).strip()
+    if not spec:
+        raise NascliError("no architecture given: pass arch=<indices | reference | arch.json>")
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "arch.json"
+        if not path.is_file():
+            raise NascliError(f"{spec} is a directory without an arch.json")
+    if path.suffix == ".json" or path.is_file():
+        return _load_json(path, space)
+    if spec[0].isdigit():
+        return parse_indices(space, spec)
+    references = references_in(space)
+    if spec in references:
+        return Architecture(space.name, references[spec])
+    others = [name for name, s in SPACES.items() if spec in references_in(s)]
+    hint = f" (it is in: {', '.join(others)})" if others else ""
+    raise NascliError(
+        f"unknown reference {spec!r} for space {space.name}{hint}; "
+        f"references here: {', '.join(references) or 'none'}"
+    )
+
+
+def _load_json(path: Path, space: SearchSpace) -> Architecture:
+    try:
+        data = json.loads(path.read_text())
+        file_space, indices = data["space"], data["indices"]
+    except FileNotFoundError:
+        raise NascliError(f"architecture file not found: {path}") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise NascliError(f"cannot read architecture from {path}: {error}") from None
+    if file_space != space.name:
+        raise NascliError(
+            f"{path} holds an architecture of space {file_space!r}, expected {space.name!r} "
+            f"(pass space={file_space})"
+        )
+    if isinstance(indices, str):
+        return parse_indices(space, indices)
+    return parse_indices(space, format_indices(indices) if isinstance(indices, list) else "")

@@ -1,0 +1,186 @@
+"""The three TuNAS search spaces, as data.
+
+Structure, choice order and widths follow TuNAS (`mobile_search_space_v3`): see the README's
+"Search spaces" section. Activation, endpoint and pooling entries are kept as real entries, as
+in TuNAS, because the Pixel-1 cost model's features walk over them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+from nascli.space.schema import (
+    FILTERS,
+    OP,
+    Activation,
+    Block,
+    Conv,
+    Decision,
+    Endpoint,
+    GlobalAvgPool,
+    InvertedBottleneck,
+    OneOf,
+    Residual,
+    SepConv,
+    Zero,
+    iter_decisions,
+    resolve,
+)
+
+#: Width multipliers of the width-searched spaces.
+WIDTH_MULTIPLIERS = (0.5, 0.625, 0.75, 1.0, 1.25, 1.5, 2.0)
+KERNELS = (3, 5, 7)
+
+
+def scale_filters(filters: int, multiplier: float) -> int:
+    """TuNAS width rounding: the nearest multiple of 8 of `filters·multiplier`, at least 8."""
+    return max(8, 8 * math.floor(filters * multiplier / 8 + 0.5))
+
+
+def width_choice(base: int) -> OneOf:
+    """The searched output width of a block: scaled `base`, deduplicated, ascending."""
+    return OneOf(tuple(sorted({scale_filters(base, m) for m in WIDTH_MULTIPLIERS})), FILTERS)
+
+
+def fixed_width(filters: int) -> OneOf:
+    """An unsearched width is still a (single-choice) decision, as in TuNAS."""
+    return OneOf((filters,), FILTERS)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A named tree of blocks; its decision list defines the `indices` encoding."""
+
+    name: str
+    title: str
+    blocks: tuple[Block, ...]
+
+    @cached_property
+    def decisions(self) -> tuple[Decision, ...]:
+        found = [
+            Decision(position, path, node.tag, node.choices)
+            for position, (path, node) in enumerate(iter_decisions(self.blocks))
+        ]
+        return tuple(found)
+
+    @cached_property
+    def downsampling_strides(self) -> tuple[int, ...]:
+        """Strides > 1 in network order (no choice changes them: they sit on unskippable
+        layers)."""
+        resolved = resolve(self.blocks, iter([0] * self.num_decisions))
+        layers = [layer for block in resolved for layer in block.layers]
+        return tuple(s for layer in layers if (s := getattr(layer, "stride", 1)) > 1)
+
+    @property
+    def num_decisions(self) -> int:
+        """Indices length: every choice node, single-choice ones included."""
+        return len(self.decisions)
+
+    @property
+    def num_searched(self) -> int:
+        """Decisions with more than one choice."""
+        return sum(d.num_choices > 1 for d in self.decisions)
+
+    @property
+    def log10_size(self) -> float:
+        """log10 of the product of all decision sizes (TuNAS's "≈10^21" etc.)."""
+        return sum(math.log10(d.num_choices) for d in self.decisions)
+
+
+# --- ProxylessNAS and ProxylessNAS-Enlarged -------------------------------------------------
+
+_PROXYLESS_STRIDES = (2, 1, 2, 2, 2, 1, 2, 1, 1)  # stem, b1..b7, head
+_PROXYLESS_MOBILE_FILTERS = (32, 16, 32, 40, 80, 96, 192, 320, 1280)
+_VGG_FILTERS = (16, 16, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def _proxyless_ibn(stride: int) -> InvertedBottleneck:
+    return InvertedBottleneck(
+        kernel=OneOf(KERNELS, OP), expansion=OneOf((3, 6), FILTERS), stride=stride, act="relu"
+    )
+
+
+def _proxyless_blocks(widths: list[OneOf]) -> tuple[Block, ...]:
+    stem, b1, *mid, b7, head = widths
+    blocks = [
+        Block("stem", (Conv(kernel=3, stride=2), Activation("relu")), stem),
+        Block("b1", (SepConv(kernel=OneOf(KERNELS, OP), stride=1, act="relu"), Endpoint()), b1),
+    ]
+    for number, (width, stride) in enumerate(zip(mid, _PROXYLESS_STRIDES[2:7]), start=2):
+        layers = [OneOf((_proxyless_ibn(stride),), OP)]
+        layers += [Residual(OneOf((_proxyless_ibn(1), Zero()), OP)) for _ in range(3)]
+        if number != 4:  # TuNAS has no endpoint after block 4 (stride-16 features follow b5)
+            layers.append(Endpoint())
+        blocks.append(Block(f"b{number}", tuple(layers), width))
+    blocks.append(Block("b7", (OneOf((_proxyless_ibn(1),), OP), Endpoint()), b7))
+    blocks.append(Block("head", (Conv(kernel=1), Activation("relu"), GlobalAvgPool()), head))
+    return tuple(blocks)
+
+
+def proxylessnas() -> SearchSpace:
+    widths = [fixed_width(f) for f in _PROXYLESS_MOBILE_FILTERS]
+    return SearchSpace("proxylessnas", "ProxylessNAS", _proxyless_blocks(widths))
+
+
+def proxylessnas_enlarged() -> SearchSpace:
+    widths = [width_choice(f) for f in _VGG_FILTERS]
+    return SearchSpace("proxylessnas_enlarged", "ProxylessNAS-Enlarged", _proxyless_blocks(widths))
+
+
+# --- MobileNetV3-like -------------------------------------------------------------------------
+
+_V3_BLOCKS = (  # name, base filters, stride, activation
+    ("b1", 16, 2, "relu"),
+    ("b2", 32, 2, "relu"),
+    ("b3", 64, 2, "swish6"),
+    ("b4", 128, 1, "swish6"),
+    ("b5", 256, 2, "swish6"),
+)
+
+
+def _v3_ibn(stride: int, act: str) -> InvertedBottleneck:
+    return InvertedBottleneck(
+        kernel=OneOf(KERNELS, OP),
+        expansion=OneOf((1, 2, 3, 4, 5, 6), FILTERS),
+        se=OneOf((False, True), OP),
+        stride=stride,
+        act=act,
+    )
+
+
+def mnv3() -> SearchSpace:
+    optional_sepconv = Residual(OneOf((SepConv(kernel=OneOf(KERNELS, OP), act="relu"), Zero()), OP))
+    blocks = [
+        Block(
+            "stem",
+            (
+                Conv(kernel=OneOf((3, 5), OP), stride=2),
+                Activation("swish6"),
+                optional_sepconv,
+                Endpoint(),
+            ),
+            width_choice(16),
+        )
+    ]
+    for name, base, stride, act in _V3_BLOCKS:
+        layers = [_v3_ibn(stride, act)]
+        layers += [Residual(OneOf((_v3_ibn(1, act), Zero()), OP)) for _ in range(3)]
+        if name != "b3":  # TuNAS has no endpoint after block 3
+            layers.append(Endpoint())
+        blocks.append(Block(name, tuple(layers), width_choice(base)))
+    blocks.append(
+        Block("head1", (Conv(kernel=1), Activation("swish6"), GlobalAvgPool()), width_choice(512))
+    )
+    blocks.append(
+        Block("head2", (Conv(kernel=1, bn=False), Activation("swish6")), width_choice(1024))
+    )
+    return SearchSpace("mnv3", "MobileNetV3-like", tuple(blocks))
+
+
+SPACES = {
+    "proxylessnas": proxylessnas(),
+    "proxylessnas_enlarged": proxylessnas_enlarged(),
+    "mnv3": mnv3(),
+}
