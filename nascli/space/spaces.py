@@ -108,7 +108,9 @@ def _proxyless_blocks(widths: list[OneOf]) -> tuple[Block, ...]:
         Block("stem", (Conv(kernel=3, stride=2), Activation("relu")), stem),
         Block("b1", (SepConv(kernel=OneOf(KERNELS, OP), stride=1, act="relu"), Endpoint()), b1),
     ]
-    for number, (width, stride) in enumerate(zip(mid, _PROXYLESS_STRIDES[2:7]), start=2):
+    for number, (width, stride) in enumerate(
+        zip(mid, _PROXYLESS_STRIDES[2:7], strict=True), start=2
+    ):
         layers = [OneOf((_proxyless_ibn(stride),), OP)]
         layers += [Residual(OneOf((_proxyless_ibn(1), Zero()), OP)) for _ in range(3)]
         if number != 4:  # TuNAS has no endpoint after block 4 (stride-16 features follow b5)

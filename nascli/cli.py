@@ -1,0 +1,110 @@
+"""The `nascli` command line: thin Typer commands that hand their arguments to Hydra.
+
+Everything after a command's name is Hydra's command line: overrides such as `space=mnv3
+arch=mobilenet_v2 data=imagenet`, `--cfg job` to print the composed config, `-m` to sweep,
+`hydra.run.dir=...`. Each command then calls one plain job function.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import typer
+from omegaconf import DictConfig
+
+from nascli import __version__
+from nascli.config import run_hydra_job
+from nascli.errors import NascliError
+
+app = typer.Typer(
+    name="nascli",
+    help="Hardware-aware neural architecture search (TuNAS, random search, Zen-NAS).\n\n"
+    "Options of a command are Hydra overrides after its name, e.g. "
+    "`nascli build space=mnv3 arch=... out=runs/x`; `--cfg job` prints the composed config, "
+    "`-m` sweeps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+EPILOG = "Hydra's own options: --cfg job | --info | -m key=a,b | --hydra-help."
+
+
+# command -> (help, job module with a `run(cfg)` function or None if not available yet,
+#             whether it writes a run directory)
+COMMANDS: dict[str, tuple[str, str | None, bool]] = {
+    "search": (
+        "Search a space for an architecture under a cost target (strategy=tunas|random|zen).",
+        None,
+        True,
+    ),
+    "random-baseline": (
+        "Latency-matched random search baseline (same as `search strategy=random`).",
+        None,
+        True,
+    ),
+    "profile-latency": (
+        "Measure latency on this machine: a lookup table per space, validated end to end.",
+        None,
+        True,
+    ),
+    "build": (
+        "Build an architecture (arch=indices|reference|arch.json|run dir): layer table, "
+        "params, MACs, arch.json, TorchScript and ONNX exports.",
+        "nascli.jobs.build",
+        True,
+    ),
+    "retrain": (
+        "Train an architecture from scratch with a named recipe (train=...) and report test "
+        "accuracy.",
+        None,
+        True,
+    ),
+    "spaces": (
+        "List the search spaces: decisions, indices length, size and reference architectures.",
+        "nascli.jobs.spaces",
+        False,
+    ),
+}
+
+
+def _job(name: str, module: str | None) -> Callable[[DictConfig], None]:
+    if module is not None:
+        return importlib.import_module(module).run
+
+    def not_available(cfg: DictConfig) -> None:
+        raise NascliError(f"`nascli {name}` is not available in nascli {__version__} yet")
+
+    return not_available
+
+
+def _register(name: str, help: str, module: str | None, writes: bool) -> None:
+    def command(ctx: typer.Context) -> None:
+        run_hydra_job(name, _job(name, module), list(ctx.args), write_run_dir=writes)
+
+    app.command(name, context_settings=HYDRA_ARGS, epilog=EPILOG, help=help)(command)
+
+
+for _name, (_help, _module, _writes) in COMMANDS.items():
+    _register(_name, _help, _module, _writes and _module is not None)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nascli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Hardware-aware neural architecture search."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,36 @@
+"""`nascli spaces`: the search spaces at a glance."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from nascli.space.references import references_in
+from nascli.space.spaces import SPACES
+
+
+def spaces_table() -> Table:
+    table = Table(title="Search spaces (TuNAS)", header_style="bold")
+    table.add_column("space", no_wrap=True)
+    table.add_column("decisions", justify="right")
+    table.add_column("indices length", justify="right")
+    table.add_column("log10 size", justify="right")
+    table.add_column("reference architectures", overflow="fold")
+    for space in SPACES.values():
+        table.add_row(
+            f"{space.name}\n[dim]{space.title}[/dim]",
+            str(space.num_searched),
+            str(space.num_decisions),
+            f"{space.log10_size:.2f}",
+            "\n".join(references_in(space)) or "-",
+        )
+    table.caption = (
+        "decisions: choices with more than one option; the indices also hold single-choice "
+        "nodes. log10 size: log10 of the product of all decision sizes."
+    )
+    return table
+
+
+def run(cfg: DictConfig) -> None:
+    Console().print(spaces_table())

@@ -1,0 +1,48 @@
+"""Exports of a standalone model: TorchScript (`model.pt`) and ONNX (`model.onnx`)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ONNX_OPSET = 18
+
+
+def export_torchscript(model: nn.Module, path: Path) -> None:
+    """Save a scripted copy of `model` (eval mode) that `torch.jit.load` reads without nascli."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(model.eval()).save(str(path))
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Export `model` (eval mode) to ONNX with a dynamic batch dimension."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # The exporter and its optimiser log every pass they run; keep the terminal readable.
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model.eval(),
+                (example,),
+                dynamo=True,
+                opset_version=ONNX_OPSET,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_shapes={"x": {0: batch}},
+                verbose=False,
+            )
+            program.save(str(path))
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

@@ -1,0 +1,1 @@
+"""What people read: rich tables (and, later, plots and run comparisons)."""

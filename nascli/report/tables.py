@@ -1,0 +1,81 @@
+"""Rich tables for the terminal. The rows come from plain functions so files can reuse them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from nascli.cost.analytic import NetworkCost
+from nascli.space.network import Network
+
+LAYER_COLUMNS = (
+    ("name", "layer"),
+    ("type", "type"),
+    ("kernel", "k"),
+    ("expansion", "exp"),
+    ("se", "SE"),
+    ("stride", "s"),
+    ("in_channels", "in"),
+    ("out_channels", "out"),
+    ("out_resolution", "res"),
+    ("params", "params"),
+    ("macs", "MACs"),
+)
+
+
+def layer_rows(network: Network, cost: NetworkCost) -> list[dict[str, Any]]:
+    """One plain dict per layer: what the per-layer table and `arch.json` show."""
+    rows = []
+    for layer, layer_cost in zip(network.layers, cost.layers, strict=True):
+        kind = layer.kind + ("+x" if layer.residual else "")
+        rows.append(
+            {
+                "name": layer.name,
+                "type": kind,
+                "kernel": layer.kernel if layer.kind in ("conv", "sepconv", "ibn") else None,
+                "expansion": layer.expansion if layer.kind == "ibn" else None,
+                "se": bool(layer.se_channels),
+                "stride": layer.stride,
+                "in_channels": layer.in_channels,
+                "out_channels": layer.out_channels,
+                "out_resolution": layer.out_resolution,
+                "act": layer.act,
+                "mid_channels": layer.mid_channels or None,
+                "se_channels": layer.se_channels or None,
+                "params": layer_cost.params,
+                "macs": layer_cost.macs,
+            }
+        )
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "✓" if value else ""
+    return str(value)
+
+
+def human(value: float, unit: str = "") -> str:
+    """1234567 -> '1.23M'."""
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f}{suffix}{unit}"
+    return f"{value:g}{unit}"
+
+
+def layer_table(network: Network, cost: NetworkCost, title: str) -> Table:
+    table = Table(title=title, show_footer=True, header_style="bold")
+    table.caption = "+x: residual · res: output resolution · MACs: multiply-accumulates"
+    totals = {"name": "total", "params": human(cost.params), "macs": human(cost.macs)}
+    for key, header in LAYER_COLUMNS:
+        text = key in ("name", "type")
+        table.add_column(
+            header, footer=totals.get(key, ""), justify="left" if text else "right", no_wrap=text
+        )
+    for row in layer_rows(network, cost):
+        row |= {"params": human(row["params"]), "macs": human(row["macs"])}
+        table.add_row(*(_cell(row[key]) for key, _ in LAYER_COLUMNS))
+    return table
