@@ -82,6 +82,10 @@ def config_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
+def _is_override(arg: str) -> bool:
+    return "=" in arg and not arg.startswith("-")
+
+
 def run_hydra_job(
     command: str, job: Callable[[DictConfig], None], args: list[str], write_run_dir: bool = True
 ) -> None:
@@ -103,8 +107,11 @@ def run_hydra_job(
             "hydra/job_logging=none",
             "hydra/hydra_logging=none",
         ]
+    # Hydra's argparse wants options before the overrides; accept them in any order.
+    overrides = [a for a in args if _is_override(a)]
+    options = [a for a in args if not _is_override(a)]
     saved = sys.argv
-    sys.argv = [f"nascli {command}", *hydra_args, *args]
+    sys.argv = [f"nascli {command}", *options, *hydra_args, *overrides]
     try:
         task()
     finally:

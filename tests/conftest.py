@@ -1,0 +1,28 @@
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nascli.cli import app
+from nascli.space.arch import sample_indices
+from nascli.space.spaces import SPACES
+
+SPACE_NAMES = list(SPACES)
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Invoke `nascli ...` in-process; runs write under tmp_path unless `out=` is given."""
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        args = list(args)
+        if args and args[0] == "build" and not any(a.startswith("out=") for a in args):
+            args.append(f"out={tmp_path / 'run'}")
+        return runner.invoke(app, args)
+
+    return invoke
+
+
+def random_archs(space_name: str, num: int, seed: int = 0) -> list[tuple[int, ...]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [tuple(row) for row in sample_indices(SPACES[space_name], num, generator).tolist()]

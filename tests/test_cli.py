@@ -1,0 +1,170 @@
+"""The command line: help, Hydra grammar, `spaces`, `build` and its error paths."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nascli.cli import COMMANDS
+from nascli.space.arch import format_indices
+from nascli.space.references import references_in
+from nascli.space.spaces import SPACES
+
+MOBILE = format_indices(references_in(SPACES["proxylessnas"])["proxylessnas_mobile"])
+
+
+def test_help_lists_every_command_with_a_description(run_cli):
+    result = run_cli("--help")
+    assert result.exit_code == 0
+    for command in ("search", "random-baseline", "profile-latency", "build", "retrain", "spaces"):
+        assert command in result.output
+        assert COMMANDS[command][0].split()[0] in result.output
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run(
+        [sys.executable, "-m", "nascli", "spaces"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "proxylessnas_enlarged" in result.stdout
+
+
+def test_spaces_table_shows_sizes_and_references(run_cli):
+    result = run_cli("spaces")
+    assert result.exit_code == 0
+    for expected in ("73", "86", "58", "67", "21.33", "28.14", "42.93", "mnasnet_b1"):
+        assert expected in result.output
+
+
+def test_cfg_job_prints_the_composed_config_with_an_override_of_every_group(run_cli):
+    result = run_cli(
+        "build",
+        "--cfg",
+        "job",
+        "space=mnv3",
+        "strategy=zen",
+        "data=cifar100",
+        "train=tunas_mobile",
+        "cost=tunas_pixel1",
+        "space.width_multiplier=0.5",
+    )
+    assert result.exit_code == 0, result.output
+    for line in (
+        "name: mnv3",
+        "width_multiplier: 0.5",
+        "name: zen",
+        "num_classes: 100",
+        "name: tunas_mobile",
+        "name: tunas_pixel1",
+    ):
+        assert line in result.output
+
+
+def test_options_may_follow_overrides(run_cli):
+    result = run_cli("spaces", "space=mnv3", "--cfg", "job")
+    assert result.exit_code == 0 and "name: mnv3" in result.output
+
+
+def test_unknown_group_option_lists_the_available_ones(run_cli):
+    result = run_cli("build", "space=foo", f"arch={MOBILE}")
+    assert result.exit_code != 0
+    assert "Available options in 'space'" in result.output
+    assert "proxylessnas_enlarged" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_wrong_value_type_is_refused(run_cli):
+    result = run_cli("build", "data.resolution=big", f"arch={MOBILE}")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+def test_build_writes_arch_json_and_exports(run_cli, tmp_path):
+    out = tmp_path / "mobile"
+    result = run_cli("build", "arch=proxylessnas_mobile", f"out={out}")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "arch.json").read_text())
+    assert record["space"] == "proxylessnas" and record["indices"] == MOBILE
+    assert record["resolution"] == 32 and record["num_classes"] == 10  # the data default
+    assert record["totals"]["params"] == sum(row["params"] for row in record["layers"])
+    assert (out / "model.pt").stat().st_size > 0 and (out / "model.onnx").stat().st_size > 0
+    assert (out / ".hydra" / "config.yaml").is_file()
+    assert "total" in result.output and "MACs" in result.output
+
+    again = run_cli("build", f"arch={out}", f"out={tmp_path / 'again'}")  # a run directory
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "again" / "arch.json").read_text())["indices"] == MOBILE
+
+
+def test_hydra_run_dir_is_honoured(run_cli, tmp_path):
+    result = run_cli("build", "arch=proxylessnas_mobile", f"hydra.run.dir={tmp_path / 'h'}")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "h" / "arch.json").is_file()
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_spaces(run_cli, tmp_path):
+    result = run_cli(
+        "build",
+        "-m",
+        "space=proxylessnas,proxylessnas_enlarged",
+        "arch=proxylessnas_mobile",
+        f"out={tmp_path / 'sweep'}",
+    )
+    assert result.exit_code == 0, result.output
+    spaces = [json.loads((tmp_path / "sweep" / str(i) / "arch.json").read_text()) for i in (0, 1)]
+    assert [s["space"] for s in spaces] == ["proxylessnas", "proxylessnas_enlarged"]
+
+
+def _bad_json(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"space": "mnv3", "indices": "0"}))
+    return str(path)
+
+
+def _garbage(tmp_path):
+    path = tmp_path / "garbage.json"
+    path.write_text("{not json")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("arch", "message"),
+    [
+        ("0:0:0", "needs 73 indices, got 3"),
+        (MOBILE.replace("0:0:0:1", "0:7:0:1", 1), "index 7 at position 1 (b1.0.kernel)"),
+        ("mobilenet_v2", "it is in: proxylessnas_enlarged"),
+        ("resnet50", "unknown reference 'resnet50'"),
+        (_bad_json, "expected 'proxylessnas'"),
+        (_garbage, "cannot read architecture"),
+        ("missing/arch.json", "not found"),
+    ],
+)
+def test_bad_arch_is_one_line_and_exit_code_2(run_cli, tmp_path, arch, message):
+    arch = arch(tmp_path) if callable(arch) else arch
+    result = run_cli("build", f"arch={arch}")
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_build_without_arch_explains_what_to_pass(run_cli):
+    result = run_cli("build")
+    assert result.exit_code == 2 and "arch=" in result.output
+
+
+@pytest.mark.parametrize("command", ["search", "random-baseline", "profile-latency", "retrain"])
+def test_commands_not_yet_available_say_so_and_fail(run_cli, command):
+    result = run_cli(command)
+    assert result.exit_code != 0 and "not available" in result.output
+
+
+def test_errors_from_a_real_process_have_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "nascli", "build", "arch=1:2", f"out={tmp_path}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: space proxylessnas needs 73 indices, got 2"
