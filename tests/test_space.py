@@ -133,3 +133,23 @@ def test_sampling_is_uniform_per_decision(name):
 def test_bad_indices_name_the_position(text, message):
     with pytest.raises(NascliError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_indices(SPACES["proxylessnas"], text)
+
+
+def test_arch_json_round_trips_and_accepts_lists(tmp_path):
+    import json
+
+    from nascli.space.arch import load_architecture
+
+    space = SPACES["mnv3"]
+    for indices in random_archs("mnv3", 5, seed=4):
+        path = tmp_path / "arch.json"
+        path.write_text(json.dumps({"space": "mnv3", "indices": format_indices(indices)}))
+        assert load_architecture(str(path), space).indices == indices
+        path.write_text(json.dumps({"space": "mnv3", "indices": list(indices)}))
+        assert load_architecture(str(tmp_path), space).indices == indices  # a run directory
+    path.write_text(json.dumps({"space": "mnv3", "indices": ["a"] * 86}))
+    with pytest.raises(NascliError, match="position 0 is not an integer"):
+        load_architecture(str(path), space)
+    path.write_text(json.dumps({"space": "mnv3", "indices": 5}))
+    with pytest.raises(NascliError, match="must be a colon-separated string"):
+        load_architecture(str(path), space)

@@ -60,13 +60,13 @@ def validate_indices(space: SearchSpace, indices: tuple[int, ...]) -> None:
 
 def parse_indices(space: SearchSpace, text: str) -> Architecture:
     """Parse `0:1:2:...` into a validated architecture of `space`."""
-    parts = text.strip().split(":")
-    try:
-        indices = tuple(int(p) for p in parts)
-    except ValueError:
-        bad = next(i for i, p in enumerate(parts) if not p.strip().lstrip("-").isdigit())
-        raise NascliError(f"indices position {bad} is not an integer: {parts[bad]!r}") from None
-    return Architecture(space.name, indices)
+    indices = []
+    for position, part in enumerate(text.strip().split(":")):
+        try:
+            indices.append(int(part))
+        except ValueError:
+            raise NascliError(f"indices position {position} is not an integer: {part!r}") from None
+    return Architecture(space.name, tuple(indices))
 
 
 def sample_indices(
@@ -123,6 +123,8 @@ def _load_json(path: Path, space: SearchSpace) -> Architecture:
             f"{path} holds an architecture of space {file_space!r}, expected {space.name!r} "
             f"(pass space={file_space})"
         )
-    if isinstance(indices, str):
-        return parse_indices(space, indices)
-    return parse_indices(space, format_indices(indices) if isinstance(indices, list) else "")
+    if isinstance(indices, list):
+        indices = ":".join(str(i) for i in indices)
+    if not isinstance(indices, str):
+        raise NascliError(f"{path}: 'indices' must be a colon-separated string or a list")
+    return parse_indices(space, indices)
