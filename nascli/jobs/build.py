@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +12,7 @@ from nascli import __version__
 from nascli.config import network_settings, run_directory
 from nascli.cost.analytic import NetworkCost, network_cost
 from nascli.errors import NascliError
+from nascli.files import atomic_path, write_json
 from nascli.nn.builder import build_model
 from nascli.nn.export import export_onnx, export_torchscript
 from nascli.report.tables import human, layer_rows, layer_table
@@ -41,12 +40,6 @@ def arch_record(arch: Architecture, network: Network, cost: NetworkCost) -> dict
         "layers": layer_rows(network, cost),
         "nascli_version": __version__,
     }
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def run(cfg: DictConfig) -> None:
@@ -78,7 +71,9 @@ def run(cfg: DictConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     example = torch.randn(1, settings.in_channels, settings.resolution, settings.resolution)
     with console.status("exporting TorchScript and ONNX"):
-        export_torchscript(model, out / "model.pt")
-        export_onnx(model, example, out / "model.onnx")
-    write_json_atomic(out / "arch.json", arch_record(arch, network, cost))
+        with atomic_path(out / "model.pt") as path:
+            export_torchscript(model, path)
+        with atomic_path(out / "model.onnx") as path:
+            export_onnx(model, example, path)
+    write_json(out / "arch.json", arch_record(arch, network, cost))
     console.print(f"wrote {out}/arch.json, model.pt (TorchScript), model.onnx")

@@ -58,12 +58,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def human(value: float, unit: str = "") -> str:
-    """1234567 -> '1.23M'."""
+def human(value: float, unit: str = "", digits: int = 3) -> str:
+    """1234567 -> '1.23M' (`digits` significant digits)."""
     for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= factor:
-            return f"{value / factor:.2f}{suffix}{unit}"
-    return f"{value:g}{unit}"
+            return f"{value / factor:.{digits}g}{suffix}{unit}"
+    return f"{value:.{digits}g}{unit}"
 
 
 def layer_table(network: Network, cost: NetworkCost, title: str) -> Table:
