@@ -102,3 +102,16 @@ def test_architecture_must_match_settings_validation():
         NetworkSettings(stride_policy="sometimes")
     with pytest.raises(Exception, match="needs 86 indices"):
         parse_indices(SPACES["mnv3"], "0")
+
+
+def test_mnv3_activations_are_fixed_per_block_and_the_head_follows_tunas():
+    indices = random_archs("mnv3", 1, seed=5)[0]
+    layers = decode(SPACES["mnv3"], indices, NetworkSettings()).layers
+    acts = {layer.name.split(".")[0]: layer.act for layer in layers if layer.kind == "ibn"}
+    assert acts == {"b1": "relu", "b2": "relu", "b3": "swish6", "b4": "swish6", "b5": "swish6"}
+    stem, *_, gap, head2, classifier = layers
+    assert (stem.kind, stem.act, stem.stride) == ("conv", "swish6", 2)
+    assert gap.kind == "gap" and gap.in_resolution == 7
+    # after the pooling: a 1×1 conv without BN (so with a bias) and h-swish, then the classifier
+    assert (head2.kind, head2.bn, head2.bias, head2.act) == ("conv", False, True, "swish6")
+    assert classifier.kind == "linear" and classifier.in_channels == head2.out_channels
