@@ -84,7 +84,13 @@ def _register(name: str, help: str, module: str | None, writes: bool) -> None:
     def command(ctx: typer.Context) -> None:
         run_hydra_job(name, _job(name, module), list(ctx.args), write_run_dir=writes)
 
-    app.command(name, context_settings=HYDRA_ARGS, epilog=EPILOG, help=help)(command)
+    app.command(
+        name,
+        context_settings=HYDRA_ARGS,
+        epilog=EPILOG,
+        help=help,
+        options_metavar="[HYDRA OPTIONS] [KEY=VALUE]...",
+    )(command)
 
 
 for _name, (_help, _module, _writes) in COMMANDS.items():
