@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
 from nascli.errors import NascliError
 from nascli.space.network import NetworkSettings
@@ -76,10 +76,6 @@ def network_settings(cfg: DictConfig) -> NetworkSettings:
 def run_directory() -> Path:
     """This job's run directory (a sweep job's own sub-directory under -m)."""
     return Path(HydraConfig.get().runtime.output_dir)
-
-
-def config_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
 
 
 def _is_override(arg: str) -> bool:

@@ -78,13 +78,6 @@ def sample_indices(
     return (uniform * sizes).floor().long()
 
 
-def sample_architecture(
-    space: SearchSpace, generator: torch.Generator | None = None
-) -> Architecture:
-    indices = sample_indices(space, 1, generator)[0]
-    return Architecture(space.name, tuple(indices.tolist()))
-
-
 def load_architecture(spec: str, space: SearchSpace) -> Architecture:
     """`spec` is an indices string, a reference name, an `arch.json`, or a run directory."""
     spec = str(spec).strip()
