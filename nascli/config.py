@@ -7,6 +7,7 @@ Library code never reads argv or global config: a job function receives the comp
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from omegaconf import MISSING, DictConfig
 
 from nascli.errors import NascliError
 from nascli.space.network import NetworkSettings
+from nascli.train.distributed import shared_timestamp, world_size
 
 
 @dataclass
@@ -27,7 +29,7 @@ class SpaceConfig:
     name: str = MISSING
     width_multiplier: float = 1.0
     stride_policy: str = "auto"
-    min_final_resolution: int = 4
+    min_final_resolution: int = 2
     dropout: float = 0.0
 
 
@@ -38,15 +40,50 @@ class DataConfig:
     resolution: int = 224
     num_classes: int = 1000
     in_channels: int = 3
+    download: bool = True  # CIFAR archives, when missing from root
+    valid_fraction: float = 0.1  # held out of train (TuNAS's rewards are computed on it)
+    test_fraction: float = 0.2  # only for sets without an official test split
+    crop_padding: int = 4  # random crop with this zero padding (in-memory sets)
+    flip: bool = True
+    num_samples: int = 2048  # synthetic only
+    workers: int = 8  # ImageFolder decoding processes
+
+
+@dataclass
+class TrainConfig:
+    name: str = MISSING
+    epochs: int = 1
+    batch_size: int = 128  # global: split over the ranks under torchrun
+    optimizer: str = "sgd"  # sgd (Nesterov) | rmsprop_tf (TensorFlow semantics)
+    lr_per_256: float = 0.1  # peak lr = lr_per_256 · batch_size / 256
+    momentum: float = 0.9
+    nesterov: bool = True
+    rmsprop_decay: float = 0.9
+    rmsprop_epsilon: float = 1.0
+    warmup_fraction: float = 0.0  # linear warmup over this share of the steps
+    schedule: str = "cosine"  # cosine | constant (after the warmup)
+    label_smoothing: float = 0.0
+    weight_decay: float = 0.0  # L2 on conv/linear kernels; never on BN or biases
+    decay_classifier: bool = False  # TuNAS leaves the classifier undecayed
+    ema_decay: float | None = None  # EMA of weights (evaluated and saved when set)
+    grad_clip_norm: float | None = None
+    bn_momentum: float | None = None  # PyTorch convention; None keeps TuNAS's 0.01 (TF 0.99)
+    sync_bn: bool = False  # under torchrun; TuNAS keeps per-replica statistics
+    amp: str = "none"  # none | bf16 | fp16
+    channels_last: Any = "auto"  # auto: on CUDA only
+    compile: bool = False  # torch.compile the model
+    eval_batch_size: int = 500
+    log_every: int = 10  # steps between progress updates (and device syncs)
+    checkpoint_every: int = 200  # steps between checkpoints (0: at epoch ends only)
 
 
 @dataclass
 class Config:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    # Typed by the issues that implement them; plain mappings until then.
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Plain mappings: their schemas come with the commands that read them.
     strategy: Any = MISSING
-    train: Any = MISSING
     cost: Any = MISSING
     arch: str | None = None
     seed: int = 0
@@ -96,6 +133,13 @@ def run_hydra_job(
             sys.exit(error.exit_code)
 
     hydra_args = [f"hydra.job.name={command}"]
+    overrides = [a for a in args if _is_override(a)]
+    options = [a for a in args if not _is_override(a)]
+    if world_size() > 1:  # under torchrun: one run directory, written by rank 0 only
+        if not any(a.startswith("out=") for a in overrides):
+            overrides.insert(0, f"out=runs/{command}/{shared_timestamp()}")
+        if write_run_dir and int(os.environ.get("RANK", "0")) != 0:
+            hydra_args += ["hydra.output_subdir=null", "hydra/job_logging=none"]
     if not write_run_dir:  # commands that only print: no run directory, no log file
         hydra_args += [
             "hydra.output_subdir=null",
@@ -104,8 +148,6 @@ def run_hydra_job(
             "hydra/hydra_logging=none",
         ]
     # Hydra's argparse wants options before the overrides; accept them in any order.
-    overrides = [a for a in args if _is_override(a)]
-    options = [a for a in args if not _is_override(a)]
     saved = sys.argv
     sys.argv = [f"nascli {command}", *options, *hydra_args, *overrides]
     try:

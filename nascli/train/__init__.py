@@ -1,0 +1,1 @@
+"""The one training engine: optimisers, schedules, checkpoints, DDP and the training loop."""
