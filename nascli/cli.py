@@ -57,9 +57,9 @@ COMMANDS: dict[str, tuple[str, str | None, bool]] = {
         True,
     ),
     "retrain": (
-        "Train an architecture from scratch with a named recipe (train=...) and report test "
-        "accuracy.",
-        None,
+        "Train an architecture from scratch with a named recipe (train=cpu_quick|tunas_mobile) "
+        "and report test accuracy; rerun with out=<run dir> to resume.",
+        "nascli.jobs.retrain",
         True,
     ),
     "spaces": (

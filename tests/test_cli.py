@@ -163,7 +163,7 @@ def test_build_without_arch_explains_what_to_pass(run_cli):
     assert result.exit_code == 2 and "arch=" in result.output
 
 
-@pytest.mark.parametrize("command", ["search", "random-baseline", "profile-latency", "retrain"])
+@pytest.mark.parametrize("command", ["search", "random-baseline", "profile-latency"])
 def test_commands_not_yet_available_say_so_and_fail(run_cli, command):
     result = run_cli(command)
     assert result.exit_code != 0 and "not available" in result.output
@@ -178,3 +178,20 @@ def test_errors_from_a_real_process_have_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "error: space proxylessnas needs 73 indices, got 2"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "no architecture given"),
+        (("arch=mobilenet_v2",), "unknown reference 'mobilenet_v2'"),
+        (("arch=proxylessnas_mobile", "data=cifar10", "data.root=null"), "needs data.root"),
+        (("arch=proxylessnas_mobile", "train.optimizer=adam"), "choose sgd or rmsprop_tf"),
+        (("arch=proxylessnas_mobile", "train.batch_size=100000"), "fewer than one batch"),
+        (("arch=proxylessnas_mobile", "device=cuda:7"), "no CUDA device"),
+    ],
+)
+def test_retrain_bad_input_is_one_line_and_exit_2(run_cli, args, message):
+    result = run_cli("retrain", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output

@@ -70,10 +70,14 @@ def test_defaults_change_nothing_at_224(name):
 
 
 @pytest.mark.parametrize("name", SPACE_NAMES)
-@pytest.mark.parametrize(("resolution", "final"), [(32, 4), (28, 4), (64, 4), (96, 6)])
-def test_auto_stride_policy_drops_early_strides_for_small_inputs(name, resolution, final):
+@pytest.mark.parametrize(
+    ("resolution", "minimum", "final"),
+    [(32, 4, 4), (28, 4, 4), (64, 4, 4), (96, 4, 6), (32, 2, 2), (96, 2, 3), (32, 1, 1)],
+)
+def test_auto_stride_policy_drops_early_strides_for_small_inputs(name, resolution, minimum, final):
     indices = random_archs(name, 1)[0]
-    network = decode(SPACES[name], indices, NetworkSettings(resolution=resolution))
+    settings = NetworkSettings(resolution=resolution, min_final_resolution=minimum)
+    network = decode(SPACES[name], indices, settings)
     assert next(layer for layer in network.layers if layer.kind == "gap").in_resolution == final
     strides = [layer.stride for layer in network.layers]
     first_kept = strides.index(2)

@@ -42,15 +42,21 @@ def arch_record(arch: Architecture, network: Network, cost: NetworkCost) -> dict
     }
 
 
-def run(cfg: DictConfig) -> None:
-    console = Console()
+def configured_network(cfg: DictConfig) -> tuple[Architecture, Network]:
+    """The architecture `arch=` names, decoded with the space and data settings of `cfg`."""
     space = get_space(cfg.space.name)
     if cfg.arch is None:
         raise NascliError(
             "no architecture given: pass arch=<indices | reference name | arch.json | run dir>"
         )
     arch = load_architecture(str(cfg.arch), space)
-    network = decode(space, arch.indices, network_settings(cfg))
+    return arch, decode(space, arch.indices, network_settings(cfg))
+
+
+def run(cfg: DictConfig) -> None:
+    console = Console()
+    arch, network = configured_network(cfg)
+    space = get_space(arch.space)
     cost = network_cost(network)
 
     torch.manual_seed(cfg.seed)

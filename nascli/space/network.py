@@ -50,7 +50,7 @@ class NetworkSettings:
     #: MobileNet do) until the last feature map is at least `min_final_resolution` wide. At 224
     #: nothing is dropped.
     stride_policy: str = "auto"
-    min_final_resolution: int = 4
+    min_final_resolution: int = 2
     dropout: float = 0.0
 
     def __post_init__(self) -> None:

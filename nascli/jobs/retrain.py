@@ -1,0 +1,134 @@
+"""`nascli retrain`: train an architecture from scratch with a named recipe, then test it."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from nascli.config import run_directory
+from nascli.cost.analytic import network_cost
+from nascli.data import load_data
+from nascli.files import write_json
+from nascli.jobs.build import arch_record, configured_network
+from nascli.nn.builder import build_model
+from nascli.report.tables import human
+from nascli.train.distributed import context
+from nascli.train.engine import Interrupted, Trainer
+
+# Settings that do not change the trained weights: a run may resume with different values.
+NOT_FINGERPRINTED = {"log_every", "checkpoint_every", "eval_batch_size", "workers", "root"}
+
+
+def fingerprint(cfg: DictConfig, indices: str, world: int) -> dict[str, Any]:
+    """What identifies a training run: resuming demands that all of it is unchanged."""
+
+    def section(name: str) -> dict[str, Any]:
+        values = OmegaConf.to_container(cfg[name], resolve=True)
+        return {k: v for k, v in values.items() if k not in NOT_FINGERPRINTED}
+
+    return {
+        "command": "retrain",
+        "indices": indices,
+        "space": section("space"),
+        "data": section("data"),
+        "train": section("train"),
+        "seed": cfg.seed,
+        "world_size": world,
+    }
+
+
+def history_table(history: list[dict[str, Any]]) -> Table:
+    table = Table(title="training", title_justify="left")
+    for column in ("epoch", "train loss", "train top1", "valid loss", "valid top1", "lr", "time"):
+        table.add_column(column, justify="right")
+    for row in history:
+        table.add_row(
+            str(row["epoch"]),
+            f"{row['train_loss']:.3f}",
+            f"{row['train_top1']:.2%}",
+            f"{row['valid_loss']:.3f}" if "valid_loss" in row else "–",
+            f"{row['valid_top1']:.2%}" if "valid_top1" in row else "–",
+            f"{row['lr']:.3g}",
+            f"{row['train_seconds']:.0f} s",
+        )
+    return table
+
+
+def run(cfg: DictConfig) -> None:
+    started = time.perf_counter()
+    ctx = context(cfg.device)
+    console = Console(quiet=not ctx.is_main)
+    arch, network = configured_network(cfg)
+    cost = network_cost(network)
+    torch.manual_seed(cfg.seed)
+    model = build_model(network)
+    data = load_data(cfg.data)
+    out = run_directory()
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "arch.json", arch_record(arch, network, cost))
+    console.print(
+        f"retrain {arch.space} · {cost.params:,} params · {human(cost.macs)} MACs · "
+        f"data {data.name} ({', '.join(f'{k} {v:,}' for k, v in data.sizes.items())}) · "
+        f"recipe {cfg.train.name} · {ctx.world} × {ctx.device}",
+        soft_wrap=True,
+    )
+    trainer = Trainer(
+        model,
+        cfg.train,
+        data,
+        ctx,
+        seed=cfg.seed,
+        run_dir=out,
+        fingerprint=fingerprint(cfg, arch.text, ctx.world),
+        console=console,
+    )
+    try:
+        outcome = trainer.fit()
+    except Interrupted as stop:
+        name = signal.Signals(stop.signum).name
+        console.print(
+            f"{name}: stopped at step {stop.step} with a checkpoint in {out}; "
+            f"rerun the same command with out={out} to resume",
+            soft_wrap=True,
+        )
+        sys.exit(128 + stop.signum)
+    test = trainer.evaluate("test")
+    summary = {
+        "space": arch.space,
+        "indices": arch.text,
+        "data": data.name,
+        "recipe": cfg.train.name,
+        "test_top1": test.top1,
+        "test_loss": test.loss,
+        "test_images": test.images,
+        "best_valid_top1": outcome.best_valid_top1,
+        "best_epoch": outcome.best_epoch,
+        "params": cost.params,
+        "macs": cost.macs,
+        "epochs": cfg.train.epochs,
+        "steps": outcome.steps,
+        "train_seconds": outcome.train_seconds,
+        "images_per_second": outcome.images_per_second,
+        "wall_seconds": time.perf_counter() - started,
+        "resumed_from_step": outcome.resumed_from,
+        "world_size": ctx.world,
+        "replica_checksums": outcome.replica_checksums,
+        "device": str(ctx.device),
+    }
+    if ctx.is_main:
+        write_json(out / "summary.json", summary)
+    console.print(history_table(outcome.history))
+    console.print(
+        f"test top1 [bold]{test.top1:.2%}[/] on {test.images:,} images · best valid "
+        f"{outcome.best_valid_top1 or 0:.2%} (epoch {outcome.best_epoch}) · "
+        f"{outcome.images_per_second:,.0f} img/s · wrote {out}/summary.json, last.pt, best.pt",
+        soft_wrap=True,
+    )
