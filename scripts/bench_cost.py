@@ -10,7 +10,6 @@ without an analytic model; the ratio is measured side by side in this run.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
@@ -20,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nascli.cost.analytic import network_cost
 from nascli.nn.builder import build_model
+from nascli.report.machine import cpu_model
 from nascli.space.arch import sample_indices
 from nascli.space.network import NetworkSettings, decode
 from nascli.space.spaces import SPACES
@@ -42,17 +42,6 @@ def module_rate(space, archs, settings) -> float:
         with FlopCounterMode(display=False), torch.no_grad():
             model(torch.zeros(1, 3, settings.resolution, settings.resolution))
     return len(archs) / (time.perf_counter() - start)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

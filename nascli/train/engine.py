@@ -321,6 +321,7 @@ class Trainer:
             TextColumn("{task.fields[status]}"),
             console=self.console,
             disable=not self.ctx.is_main,
+            auto_refresh=False,  # redrawn at each sync: no thread competing with the step
         )
 
     def fit(self) -> Outcome:
@@ -392,7 +393,7 @@ class Trainer:
             f"epoch {epoch + 1}/{self.cfg.epochs} · loss {loss:.3f} · top1 {top1:.1%} · "
             f"lr {lr:.3g} · {images_per_s:,.0f} img/s"
         )
-        progress.update(task, completed=self.step, status=status)
+        progress.update(task, completed=self.step, status=status, refresh=True)
         return time.perf_counter(), self.step
 
     def _end_epoch(self, epoch: int) -> None:
