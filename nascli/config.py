@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig
 
 from nascli.errors import NascliError
 from nascli.space.network import NetworkSettings
-from nascli.train.distributed import shared_timestamp, world_size
+from nascli.train.distributed import close_process_group, shared_timestamp, world_size
 
 
 @dataclass
@@ -154,3 +154,4 @@ def run_hydra_job(
         task()
     finally:
         sys.argv = saved
+        close_process_group()

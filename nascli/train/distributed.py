@@ -27,6 +27,11 @@ def init_process_group() -> None:
         dist.init_process_group(backend)
 
 
+def close_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def shared_timestamp() -> str:
     """Rank 0's clock as `YYYY-MM-DD/HH-MM-SS`, so every rank names the same run directory."""
     init_process_group()

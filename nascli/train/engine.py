@@ -247,7 +247,7 @@ class Trainer:
         )
         self.step += 1
 
-    def sync(self) -> tuple[float, float, bool]:
+    def sync(self) -> tuple[float, float, int]:
         """Agree across ranks: epoch loss and accuracy so far, divergence, stop requests."""
         totals = self.ctx.all_reduce(self.totals.clone())
         flags = torch.stack(
@@ -267,8 +267,7 @@ class Trainer:
                 "lower train.lr_per_256 or set train.grad_clip_norm"
             )
         loss_sum, correct, count = totals.tolist()
-        self.stop_signal = max(self.stop_signal, int(stop))
-        return loss_sum / max(count, 1), correct / max(count, 1), bool(stop)
+        return loss_sum / max(count, 1), correct / max(count, 1), int(stop)
 
     @torch.inference_mode()
     def evaluate(self, split: str, batch_size: int | None = None) -> Evaluation:
@@ -355,17 +354,17 @@ class Trainer:
                         break
                     checkpoint_due = checkpoint_every > 0 and self.step % checkpoint_every == 0
                     if self.step % log_every == 0 or checkpoint_due:
-                        window_start, window_step = self._report(
+                        window_start, window_step, stop = self._report(
                             progress, task, epoch, window_start, window_step
                         )
-                        if checkpoint_due or self.stop_signal:
+                        if checkpoint_due or stop:
                             self.save_last()
-                        if self.stop_signal:
-                            raise Interrupted(self.step, self.stop_signal)
-                self._report(progress, task, epoch, window_start, window_step)
+                        if stop:
+                            raise Interrupted(self.step, stop)
+                *_, stop = self._report(progress, task, epoch, window_start, window_step)
                 self._end_epoch(epoch)
-                if self.stop_signal and self.step < self.total_steps:
-                    raise Interrupted(self.step, self.stop_signal)
+                if stop and self.step < self.total_steps:
+                    raise Interrupted(self.step, stop)
         seconds = self.train_seconds
         images = self.total_steps * self.cfg.batch_size
         return Outcome(
@@ -381,8 +380,9 @@ class Trainer:
 
     def _report(
         self, progress: Progress, task: Any, epoch: int, window_start: float, window_step: int
-    ) -> tuple[float, int]:
-        loss, top1, _ = self.sync()
+    ) -> tuple[float, int, int]:
+        """Sync, redraw the progress bar; returns the next window and the agreed stop signal."""
+        loss, top1, stop = self.sync()
         now = time.perf_counter()
         self.train_seconds += now - window_start
         images_per_s = (
@@ -394,7 +394,7 @@ class Trainer:
             f"lr {lr:.3g} · {images_per_s:,.0f} img/s"
         )
         progress.update(task, completed=self.step, status=status, refresh=True)
-        return time.perf_counter(), self.step
+        return time.perf_counter(), self.step, stop
 
     def _end_epoch(self, epoch: int) -> None:
         loss, top1, _ = self.sync()
