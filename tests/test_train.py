@@ -260,3 +260,15 @@ def test_two_gloo_ranks_train_exactly_like_one_process(tmp_path):
         assert torch.equal(ranks[0]["model"][key], ranks[1]["model"][key]), key  # replicas
         torch.testing.assert_close(ranks[0]["model"][key], value, rtol=1e-5, atol=1e-6)
     assert ranks[0]["valid"] == ranks[1]["valid"] == pytest.approx(single["valid"])
+
+
+def test_bf16_autocast_trains_with_float32_weights(digits, tmp_path):
+    trainer = tiny_trainer(digits, tmp_path, train_config(epochs=2, amp="bf16"))
+    outcome = trainer.fit()
+    assert outcome.history[-1]["valid_top1"] > 0.3
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def test_unknown_amp_mode_is_refused(digits):
+    with pytest.raises(NascliError, match=r"train\.amp"):
+        tiny_trainer(digits, None, train_config(amp="fp8"))
