@@ -46,8 +46,9 @@ COMMANDS: dict[str, tuple[str, str | None, bool]] = {
         True,
     ),
     "profile-latency": (
-        "Measure latency on this machine: a lookup table per space, validated end to end.",
-        None,
+        "Measure latency on this machine: a lookup table of every layer of a space, validated "
+        "end to end on random architectures (cost=lut finds it); arch=A times one network.",
+        "nascli.jobs.profile_latency",
         True,
     ),
     "build": (

@@ -78,13 +78,30 @@ class TrainConfig:
 
 
 @dataclass
+class CostConfig:
+    name: str = MISSING
+    target: float | None = None  # the cost a search aims at, in the model's units
+    path: str | None = None  # lut: a table file; default: the user cache for these settings
+    # Latency measurement protocol (lut, measured, and `nascli profile-latency`).
+    backend: str = "torch"  # torch | torchscript | onnxruntime
+    threads: int | None = None  # default: the number of physical cores
+    batch_size: int = 1
+    warmup: int = 10
+    runs: int = 30
+    channels_last: bool = False
+    calibrate: int = 20  # profile-latency: end-to-end archs the LUT correction is fitted on
+    validate: int = 50  # profile-latency: other archs the LUT is validated on
+    cache: bool = True  # profile-latency: also store the table in the user cache
+
+
+@dataclass
 class Config:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # Plain mappings: their schemas come with the commands that read them.
+    # A plain mapping: its schema comes with the command that reads it.
     strategy: Any = MISSING
-    cost: Any = MISSING
+    cost: CostConfig = field(default_factory=CostConfig)
     arch: str | None = None
     seed: int = 0
     device: str = "auto"

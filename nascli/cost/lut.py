@@ -1,0 +1,185 @@
+"""Latency lookup tables: every distinct layer a space can produce, timed on this machine.
+
+A network's predicted latency is the sum of its layers' entries plus a correction fitted on a
+few end-to-end measurements (a constant per-network overhead, or a linear term when that fits
+better). A layer missing from the table is an error naming it, never a silent zero; a table
+measured on another machine or with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from nascli.errors import NascliError
+from nascli.files import atomic_path, write_json
+from nascli.nn.builder import build_layer
+from nascli.space.network import LayerArgs, Network, NetworkSettings, decode
+from nascli.space.spaces import SearchSpace
+
+FORMAT = "nascli-latency-lut-v1"
+
+
+def layer_key(layer: LayerArgs) -> str:
+    """Everything about a layer that its latency depends on (not its name)."""
+    return (
+        f"{layer.kind} in={layer.in_channels} out={layer.out_channels} res={layer.in_resolution}"
+        f" k={layer.kernel} s={layer.stride} mid={layer.mid_channels} se={layer.se_channels}"
+        f" act={layer.act} bn={int(layer.bn)} residual={int(layer.residual)}"
+    )
+
+
+def layer_module(layer: LayerArgs) -> tuple[nn.Module, tuple[int, ...]]:
+    """The layer alone, and its input shape without the batch dimension."""
+    if layer.kind == "linear":
+        module = nn.Sequential(nn.Flatten(), nn.Linear(layer.in_channels, layer.out_channels))
+        return module, (layer.in_channels, 1, 1)
+    return build_layer(layer), (layer.in_channels, layer.in_resolution, layer.in_resolution)
+
+
+def distinct_layers(space: SearchSpace, settings: NetworkSettings) -> dict[str, LayerArgs]:
+    """Every distinct layer configuration any architecture of `space` can contain.
+
+    Which decisions a layer depends on is found by changing each decision of a base
+    architecture; the product of those decisions' choices is then enumerated per layer.
+    """
+    sizes = [d.num_choices for d in space.decisions]
+    base = [0] * len(sizes)
+    base_keys = {layer.name: layer_key(layer) for layer in decode(space, base, settings).layers}
+    depends: dict[str, set[int]] = {name: set() for name in base_keys}
+    for position, size in enumerate(sizes):
+        for value in range(1, size):
+            changed = list(base)
+            changed[position] = value
+            keys = {
+                layer.name: layer_key(layer) for layer in decode(space, changed, settings).layers
+            }
+            for name, key in base_keys.items():
+                if keys.get(name) != key:
+                    depends[name].add(position)
+    found: dict[str, LayerArgs] = {}
+    for name, positions in depends.items():
+        ordered = sorted(positions)
+        for values in itertools.product(*(range(sizes[p]) for p in ordered)):
+            indices = list(base)
+            for p, v in zip(ordered, values, strict=True):
+                indices[p] = v
+            for layer in decode(space, indices, settings).layers:
+                if layer.name == name:
+                    found.setdefault(layer_key(layer), layer)
+    return found
+
+
+@dataclass
+class LookupTable:
+    """Median latency (ms) per layer key, the correction, and what it was measured under."""
+
+    entries: dict[str, float]
+    meta: dict[str, Any]
+    correction: dict[str, float] = field(default_factory=lambda: {"scale": 1.0, "offset": 0.0})
+
+    def layer_sum(self, network: Network) -> float:
+        total = 0.0
+        for layer in network.layers:
+            key = layer_key(layer)
+            if key not in self.entries:
+                raise NascliError(
+                    f"layer {layer.name} ({key}) is not in the latency table; rebuild it with "
+                    "`nascli profile-latency` for these settings"
+                )
+            total += self.entries[key]
+        return total
+
+    def predict(self, network: Network) -> float:
+        """Predicted end-to-end latency in milliseconds."""
+        return self.correction["scale"] * self.layer_sum(network) + self.correction["offset"]
+
+    def save(self, path: Path) -> None:
+        """`path` (CSV: key, median_ms) and `path.json` (metadata and correction)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pd.DataFrame({"key": list(self.entries), "median_ms": list(self.entries.values())})
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False)
+        write_json(
+            path.with_suffix(".json"),
+            {"format": FORMAT, "meta": self.meta, "correction": self.correction},
+        )
+
+    @classmethod
+    def load(cls, path: Path, expected: dict[str, Any] | None = None) -> LookupTable:
+        """Read a table; refuse one measured under other settings than `expected`."""
+        meta_path = path.with_suffix(".json")
+        try:
+            info = json.loads(meta_path.read_text())
+            table = pd.read_csv(path)
+            entries = dict(zip(table["key"], table["median_ms"].astype(float), strict=True))
+        except FileNotFoundError as error:
+            raise NascliError(f"latency table not found: {error.filename}") from None
+        except (ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as error:
+            raise NascliError(f"{path} is not a readable latency table ({error})") from None
+        if not isinstance(info, dict) or info.get("format") != FORMAT:
+            raise NascliError(f"{meta_path} is not a nascli latency table ({FORMAT})")
+        if not entries or not all(np.isfinite(v) and v >= 0 for v in entries.values()):
+            raise NascliError(f"{path} has missing or invalid latencies")
+        if expected is not None:
+            differs = sorted(k for k in expected if info["meta"].get(k) != expected[k])
+            if differs:
+                details = ", ".join(
+                    f"{k}: table {info['meta'].get(k)!r}, here {expected[k]!r}" for k in differs
+                )
+                raise NascliError(f"{path} was measured under other settings ({details})")
+        return cls(entries, info["meta"], info["correction"])
+
+
+def fit_corrections(sums: np.ndarray, measured: np.ndarray) -> dict[str, dict[str, float]]:
+    """Two candidate corrections from calibration measurements: a constant overhead, and a
+    least-squares line measured ≈ scale·sum + offset."""
+    overhead = float(np.median(measured - sums))
+    scale, offset = np.polyfit(sums, measured, 1)
+    return {
+        "overhead": {"scale": 1.0, "offset": overhead},
+        "linear": {"scale": float(scale), "offset": float(offset)},
+    }
+
+
+def accuracy(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    """nn-Meter's ±10% share, ±5% share, mean absolute percentage error, Spearman's ρ."""
+    error = np.abs(predicted - measured) / measured
+    ranks = pd.DataFrame({"p": predicted, "m": measured}).rank()
+    rho = float(np.corrcoef(ranks["p"], ranks["m"])[0, 1]) if len(measured) > 1 else float("nan")
+    return {
+        "within_10": float(np.mean(error <= 0.10)),
+        "within_5": float(np.mean(error <= 0.05)),
+        "mape": float(np.mean(error)),
+        "spearman": rho,
+    }
+
+
+def profile_layers(
+    layers: dict[str, LayerArgs],
+    timer: Callable[[nn.Module, tuple[int, ...]], float],
+    done: dict[str, float],
+    on_result: Callable[[str, float], None],
+) -> dict[str, float]:
+    """Time each layer not in `done` with `timer(module, input_shape)`; report each result."""
+    results = dict(done)
+    for key, layer in layers.items():
+        if key in results:
+            continue
+        module, shape = layer_module(layer)
+        results[key] = timer(module, shape)
+        on_result(key, results[key])
+    return results
+
+
+def settings_meta(space: SearchSpace, settings: NetworkSettings) -> dict[str, Any]:
+    return {"space": space.name, **dataclasses.asdict(settings)}

@@ -1,0 +1,147 @@
+"""One cost interface for search: `model(indices) -> costs`, batched over architectures.
+
+`cost=` selects the implementation: `macs`, `params`, `peak_memory` (analytic), `tunas_pixel1`
+(TuNAS's Pixel-1 linear model, milliseconds), `lut` (a table measured on this machine by
+`nascli profile-latency`), `measured` (times each architecture end to end; for final reports).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nascli.cost.analytic import network_cost
+from nascli.cost.lut import LookupTable, settings_meta
+from nascli.cost.pixel1 import Pixel1Model
+from nascli.cost.timing import Protocol, measure, protocol_from_config
+from nascli.errors import NascliError
+from nascli.nn.builder import build_model
+from nascli.space.network import NetworkSettings, decode
+from nascli.space.spaces import SearchSpace
+
+ANALYTIC_UNITS = {"macs": "MACs", "params": "params", "peak_memory": "bytes"}
+ANALYTIC_FIELDS = {"macs": "macs", "params": "params", "peak_memory": "peak_memory_bytes"}
+
+
+class CostModel(ABC):
+    name: str
+    units: str
+
+    def __init__(self, space: SearchSpace, settings: NetworkSettings):
+        self.space = space
+        self.settings = settings
+
+    @abstractmethod
+    def __call__(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B,) float64 costs of a (B, D) long tensor of indices."""
+
+    def cost(self, indices: Any) -> float:
+        """The cost of one architecture."""
+        return float(self(torch.as_tensor([list(indices)], dtype=torch.long))[0])
+
+
+class PerArchitecture(CostModel):
+    """A cost computed from each decoded network in turn."""
+
+    def __call__(self, indices: torch.Tensor) -> torch.Tensor:
+        values = [self.network_cost(tuple(row)) for row in indices.tolist()]
+        return torch.tensor(values, dtype=torch.float64)
+
+    @abstractmethod
+    def network_cost(self, indices: tuple[int, ...]) -> float: ...
+
+
+class AnalyticCost(PerArchitecture):
+    def __init__(self, space: SearchSpace, settings: NetworkSettings, metric: str):
+        super().__init__(space, settings)
+        self.name, self.units = metric, ANALYTIC_UNITS[metric]
+        self.field = ANALYTIC_FIELDS[metric]
+
+    def network_cost(self, indices: tuple[int, ...]) -> float:
+        return float(getattr(network_cost(decode(self.space, indices, self.settings)), self.field))
+
+
+class Pixel1Cost(CostModel):
+    """TuNAS's simulated Pixel-1 at 224×224; independent of nascli's network settings."""
+
+    name, units = "tunas_pixel1", "ms"
+
+    def __init__(self, space: SearchSpace, settings: NetworkSettings):
+        super().__init__(space, settings)
+        self.model = Pixel1Model(space)
+
+    def __call__(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.model(indices.long()).double()
+
+
+class LutCost(PerArchitecture):
+    name, units = "lut", "ms"
+
+    def __init__(self, space: SearchSpace, settings: NetworkSettings, table: LookupTable):
+        super().__init__(space, settings)
+        self.table = table
+
+    def network_cost(self, indices: tuple[int, ...]) -> float:
+        return self.table.predict(decode(self.space, indices, self.settings))
+
+
+class MeasuredCost(PerArchitecture):
+    name, units = "measured", "ms"
+
+    def __init__(self, space: SearchSpace, settings: NetworkSettings, protocol: Protocol):
+        super().__init__(space, settings)
+        self.protocol = protocol
+
+    def network_cost(self, indices: tuple[int, ...]) -> float:
+        network = decode(self.space, indices, self.settings)
+        s = self.settings
+        shape = (self.protocol.batch_size, s.in_channels, s.resolution, s.resolution)
+        return measure(build_model(network), shape, self.protocol).median_ms
+
+
+def lut_cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "nascli" / "lut"
+
+
+def lut_identity(space: SearchSpace, settings: NetworkSettings, protocol: Protocol) -> dict:
+    """What a table must have been measured under to be used here."""
+    return {**settings_meta(space, settings), **protocol.describe()}
+
+
+def cached_lut_path(identity: dict) -> Path:
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return lut_cache_dir() / f"{identity['space']}-{identity['resolution']}px-{digest}.csv"
+
+
+def make_cost_model(
+    cfg: Any, space: SearchSpace, settings: NetworkSettings, device: str = "cpu"
+) -> CostModel:
+    """The cost model the `cost` config group describes."""
+    if cfg.name in ANALYTIC_UNITS:
+        return AnalyticCost(space, settings, cfg.name)
+    if cfg.name == "tunas_pixel1":
+        return Pixel1Cost(space, settings)
+    protocol = protocol_from_config(cfg, device)
+    if cfg.name == "measured":
+        return MeasuredCost(space, settings, protocol)
+    if cfg.name == "lut":
+        identity = lut_identity(space, settings, protocol)
+        if cfg.path:
+            return LutCost(space, settings, LookupTable.load(Path(cfg.path), identity))
+        path = cached_lut_path(identity)
+        if not path.exists():
+            raise NascliError(
+                f"no latency table for {space.name} at {settings.resolution}px with these "
+                f"settings on this machine; run `nascli profile-latency space={space.name}` "
+                "with the same space/data/cost settings first, or pass cost.path=<lut.csv>"
+            )
+        return LutCost(space, settings, LookupTable.load(path, identity))
+    raise NascliError(f"unknown cost model {cfg.name!r}")

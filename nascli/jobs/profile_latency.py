@@ -1,0 +1,203 @@
+"""`nascli profile-latency`: a latency lookup table for this machine, validated end to end; or
+(`arch=`) one architecture measured end to end."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from nascli.config import network_settings, run_directory
+from nascli.cost.analytic import network_cost
+from nascli.cost.lut import (
+    LookupTable,
+    accuracy,
+    distinct_layers,
+    fit_corrections,
+    profile_layers,
+)
+from nascli.cost.models import cached_lut_path, lut_identity
+from nascli.cost.timing import Protocol, measure, protocol_from_config
+from nascli.errors import NascliError
+from nascli.files import write_json
+from nascli.jobs.build import configured_network
+from nascli.nn.builder import build_model
+from nascli.report.tables import human
+from nascli.space.arch import get_space, sample_indices
+from nascli.space.network import Network, decode
+from nascli.train.distributed import resolve_device
+
+
+def input_shape(network: Network, protocol: Protocol) -> tuple[int, ...]:
+    s = network.settings
+    return (protocol.batch_size, s.in_channels, s.resolution, s.resolution)
+
+
+def measure_network(network: Network, protocol: Protocol) -> float:
+    return measure(build_model(network), input_shape(network, protocol), protocol).median_ms
+
+
+def progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def measure_one(cfg: DictConfig, protocol: Protocol, console: Console, out: Path) -> None:
+    arch, network = configured_network(cfg)
+    timing = measure(build_model(network), input_shape(network, protocol), protocol)
+    cost = network_cost(network)
+    table = Table(title=f"{arch.space} · {network.settings.resolution}px", title_justify="left")
+    for column in ("median", "p10", "p90", "runs", "params", "MACs"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{timing.median_ms:.3f} ms", f"{timing.p10_ms:.3f} ms", f"{timing.p90_ms:.3f} ms",
+        str(timing.runs), human(cost.params), human(cost.macs),
+    )  # fmt: skip
+    console.print(table)
+    info = protocol.describe()
+    console.print(" · ".join(f"{k} {v}" for k, v in info.items() if v is not None))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / "latency.json",
+        {"indices": arch.text, "space": arch.space, **timing.__dict__, "protocol": info},
+    )
+
+
+def scatter_plot(path: Path, frame: pd.DataFrame, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(frame["measured_ms"], frame["predicted_ms"], s=12)
+    low = float(frame[["measured_ms", "predicted_ms"]].min().min())
+    high = float(frame[["measured_ms", "predicted_ms"]].max().max())
+    line = np.array([low * 0.9, high * 1.1])
+    ax.plot(line, line, "k-", lw=0.8, label="y = x")
+    ax.fill_between(line, line * 0.9, line * 1.1, alpha=0.15, label="±10%")
+    ax.set_xlabel("measured median (ms)")
+    ax.set_ylabel("LUT prediction (ms)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path) -> None:
+    space = get_space(cfg.space.name)
+    settings = network_settings(cfg)
+    identity = lut_identity(space, settings, protocol)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "lut_partial.csv"
+    identity_file = out / "lut_partial.json"
+    done: dict[str, float] = {}
+    if partial.exists():  # resume an interrupted profiling run
+        if json.loads(identity_file.read_text()) != identity:
+            raise NascliError(f"{partial} was measured under other settings; use a new out=")
+        rows = pd.read_csv(partial, names=["key", "median_ms"])
+        done = dict(zip(rows["key"], rows["median_ms"], strict=True))
+        console.print(f"resuming: {len(done)} layers already measured")
+    else:
+        write_json(identity_file, identity)
+    with console.status("enumerating the layers the space can produce"):
+        layers = distinct_layers(space, settings)
+    torch.manual_seed(cfg.seed)
+
+    def timer(module: torch.nn.Module, shape: tuple[int, ...]) -> float:
+        return measure(module, (protocol.batch_size, *shape), protocol).median_ms
+
+    with progress(console) as bar, partial.open("a") as log:
+        task = bar.add_task(f"layers of {space.name}", total=len(layers), completed=len(done))
+
+        def record(key: str, ms: float) -> None:
+            log.write(f'"{key}",{ms!r}\n')
+            log.flush()
+            bar.advance(task)
+
+        entries = profile_layers(layers, timer, done, record)
+        table = LookupTable({k: entries[k] for k in layers}, identity)
+
+        generator = torch.Generator().manual_seed(cfg.seed)
+        archs = sample_indices(space, cfg.cost.calibrate + cfg.cost.validate, generator)
+        rows = []
+        task = bar.add_task("end-to-end networks", total=len(archs))
+        for indices in archs.tolist():
+            network = decode(space, indices, settings)
+            rows.append(
+                {
+                    "indices": ":".join(map(str, indices)),
+                    "layer_sum_ms": table.layer_sum(network),
+                    "measured_ms": measure_network(network, protocol),
+                }
+            )
+            bar.advance(task)
+    frame = pd.DataFrame(rows)
+    frame["set"] = ["calibrate"] * cfg.cost.calibrate + ["validate"] * cfg.cost.validate
+    calib, valid = frame[frame.set == "calibrate"], frame[frame.set == "validate"]
+    fits = fit_corrections(calib.layer_sum_ms.to_numpy(), calib.measured_ms.to_numpy())
+    report = {}
+    for name, fit in fits.items():
+        predicted = fit["scale"] * valid.layer_sum_ms.to_numpy() + fit["offset"]
+        report[name] = {**fit, **accuracy(predicted, valid.measured_ms.to_numpy())}
+        frame[f"predicted_{name}_ms"] = fit["scale"] * frame.layer_sum_ms + fit["offset"]
+    best = max(report, key=lambda n: (report[n]["within_10"], -report[n]["mape"]))
+    table.correction = fits[best]
+    table.meta = {**identity, "correction_kind": best, "validation": report}
+
+    table.save(out / "lut.csv")
+    frame.to_csv(out / "validation.csv", index=False)
+    plot = frame[frame.set == "validate"].rename(columns={f"predicted_{best}_ms": "predicted_ms"})
+    scatter_plot(
+        out / "lut_validation.png",
+        plot[["measured_ms", "predicted_ms"]],
+        f"{space.name} · {settings.resolution}px · {protocol.threads} threads · {best} correction",
+    )
+    partial.unlink()
+    identity_file.unlink()
+
+    summary = Table(
+        title=f"LUT {space.name}: {len(layers)} layers, validated on {len(valid)} random archs",
+        title_justify="left",
+    )
+    for column in ("correction", "within ±10%", "within ±5%", "MAPE", "Spearman ρ", "used"):
+        summary.add_column(column, justify="right")
+    for name, r in report.items():
+        summary.add_row(
+            f"{name} ({r['scale']:.3f}·sum + {r['offset']:.3f} ms)", f"{r['within_10']:.0%}",
+            f"{r['within_5']:.0%}", f"{r['mape']:.1%}", f"{r['spearman']:.3f}",
+            "✓" if name == best else "",
+        )  # fmt: skip
+    console.print(summary)
+    console.print(f"wrote {out}/lut.csv, lut.json, validation.csv, lut_validation.png")
+    if cfg.cost.cache:
+        cached = cached_lut_path(identity)
+        table.save(cached)
+        console.print(f"cached as {cached}: `cost=lut` finds it for these settings")
+
+
+def run(cfg: DictConfig) -> None:
+    console = Console()
+    device = str(resolve_device(cfg.device))
+    protocol = protocol_from_config(cfg.cost, device)
+    torch.set_flush_denormal(True)
+    out = run_directory()
+    if cfg.arch is not None:
+        measure_one(cfg, protocol, console, out)
+    else:
+        build_table(cfg, protocol, console, out)

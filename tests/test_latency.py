@@ -1,0 +1,194 @@
+"""Latency: the timing protocol, lookup tables and the cost-model interface."""
+
+import itertools
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from nascli.config import CostConfig
+from nascli.cost.lut import LookupTable, distinct_layers, fit_corrections, layer_key, profile_layers
+from nascli.cost.models import AnalyticCost, Pixel1Cost, make_cost_model
+from nascli.cost.timing import Protocol, measure, thread_count, time_runs
+from nascli.errors import NascliError
+from nascli.space.arch import sample_indices
+from nascli.space.network import NetworkSettings, decode
+from nascli.space.spaces import SPACES
+
+PROXY = NetworkSettings(resolution=32, num_classes=10, in_channels=1)
+
+
+def test_warmup_is_not_timed_and_the_median_is_reported():
+    ticks = itertools.count()
+    durations = iter([100, 100, 100, 5, 1, 9, 3, 7])  # 3 warm-up calls, then 5 timed
+    now = [0]
+
+    def clock():
+        return now[0]
+
+    def run():
+        now[0] += next(durations) * 1_000_000  # milliseconds as nanoseconds
+        next(ticks)
+
+    timing = time_runs(run, warmup=3, runs=5, clock=clock)
+    assert next(ticks) == 8  # every call happened
+    assert timing.median_ms == 5.0 and timing.runs == 5
+    assert timing.p10_ms == pytest.approx(1.8) and timing.p90_ms == pytest.approx(8.2)
+
+
+def test_threads_are_set_for_the_measurement_and_restored():
+    seen = []
+    before = torch.get_num_threads()
+    with thread_count(1):
+        seen.append(torch.get_num_threads())
+    assert seen == [1] and torch.get_num_threads() == before
+    module = torch.nn.Conv2d(3, 8, 3)
+    timing = measure(module, (1, 3, 16, 16), Protocol(threads=1, warmup=1, runs=3))
+    assert timing.median_ms > 0 and timing.p10_ms <= timing.median_ms <= timing.p90_ms
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_lut_keys_cover_every_layer_of_random_architectures(name):
+    layers = distinct_layers(SPACES[name], PROXY)
+    indices = sample_indices(SPACES[name], 200, torch.Generator().manual_seed(0))
+    for row in indices.tolist():
+        for layer in decode(SPACES[name], row, PROXY).layers:
+            assert layer_key(layer) in layers, layer.name
+
+
+def fake_table(space_name):
+    """A table from a fake timer: each layer's 'latency' is its MACs in millions."""
+    from nascli.cost.analytic import layer_cost
+
+    layers = distinct_layers(SPACES[space_name], PROXY)
+    by_key = {key: layer_cost(layer).macs / 1e6 for key, layer in layers.items()}
+    entries = profile_layers(layers, lambda module, shape: 0.0, {}, lambda k, v: None)
+    assert set(entries) == set(layers)
+    return LookupTable(by_key, {"space": space_name})
+
+
+def test_a_fake_timer_table_sums_exactly():
+    from nascli.cost.analytic import network_cost
+
+    table = fake_table("proxylessnas_enlarged")
+    table.correction = {"scale": 2.0, "offset": 0.5}
+    for row in sample_indices(SPACES["proxylessnas_enlarged"], 20, torch.Generator()).tolist():
+        network = decode(SPACES["proxylessnas_enlarged"], row, PROXY)
+        assert table.layer_sum(network) == pytest.approx(network_cost(network).macs / 1e6)
+        assert table.predict(network) == pytest.approx(2.0 * network_cost(network).macs / 1e6 + 0.5)
+
+
+def test_a_missing_layer_is_an_error_naming_it():
+    table = fake_table("proxylessnas")
+    network = decode(SPACES["proxylessnas"], [0] * 73, PROXY)
+    del table.entries[layer_key(network.layers[3])]
+    with pytest.raises(NascliError, match=network.layers[3].name):
+        table.predict(network)
+
+
+def test_profiling_skips_what_was_already_measured():
+    layers = distinct_layers(SPACES["proxylessnas"], PROXY)
+    first = next(iter(layers))
+    timed = []
+    profile_layers(layers, lambda m, s: 1.0, {first: 7.0}, lambda k, v: timed.append(k))
+    assert first not in timed and len(timed) == len(layers) - 1
+
+
+def test_corrections_recover_a_known_line():
+    sums = torch.linspace(1, 10, 20).numpy()
+    fits = fit_corrections(sums, 1.5 * sums + 2.0)
+    assert fits["linear"]["scale"] == pytest.approx(1.5) and fits["linear"][
+        "offset"
+    ] == pytest.approx(2.0)
+    assert fits["overhead"]["scale"] == 1.0
+
+
+def test_tables_from_elsewhere_or_corrupt_are_refused(tmp_path):
+    table = LookupTable({"conv a": 1.0}, {"space": "proxylessnas", "cpu": "A", "threads": 2})
+    table.save(tmp_path / "lut.csv")
+    loaded = LookupTable.load(tmp_path / "lut.csv", {"space": "proxylessnas", "threads": 2})
+    assert loaded.entries == {"conv a": 1.0}
+    with pytest.raises(NascliError, match=r"other settings \(cpu: table 'A', here 'B'\)"):
+        LookupTable.load(tmp_path / "lut.csv", {"cpu": "B"})
+    (tmp_path / "lut.csv").write_text("key,median_ms\nconv a,not-a-number\n")
+    with pytest.raises(NascliError, match=r"readable latency table|invalid latencies"):
+        LookupTable.load(tmp_path / "lut.csv")
+    (tmp_path / "lut.csv").write_text("key,median_ms\nconv a,1.0\n")
+    (tmp_path / "lut.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(NascliError, match="not a nascli latency table"):
+        LookupTable.load(tmp_path / "lut.csv")
+    with pytest.raises(NascliError, match="not found"):
+        LookupTable.load(tmp_path / "missing.csv")
+
+
+def cost_config(name, **overrides):
+    return OmegaConf.merge(OmegaConf.structured(CostConfig), {"name": name, **overrides})
+
+
+def test_cost_models_share_one_interface():
+    space = SPACES["proxylessnas_enlarged"]
+    indices = sample_indices(space, 5, torch.Generator().manual_seed(3))
+    from nascli.cost.analytic import network_cost
+
+    macs = make_cost_model(cost_config("macs"), space, PROXY)
+    assert isinstance(macs, AnalyticCost) and macs.units == "MACs"
+    expected = [network_cost(decode(space, r, PROXY)).macs for r in indices.tolist()]
+    assert macs(indices).tolist() == expected
+    pixel = make_cost_model(cost_config("tunas_pixel1"), space, PROXY)
+    assert isinstance(pixel, Pixel1Cost) and pixel.units == "ms"
+    assert pixel.cost(indices[0].tolist()) == pytest.approx(float(pixel(indices)[0]))
+
+
+def test_lut_cost_without_a_table_says_how_to_make_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with pytest.raises(NascliError, match="nascli profile-latency space=mnv3"):
+        make_cost_model(cost_config("lut"), SPACES["mnv3"], PROXY)
+
+
+QUICK = ["cost.calibrate=4", "cost.validate=4", "cost.runs=3", "cost.warmup=1", "cost.threads=1"]
+
+
+@pytest.mark.slow
+def test_profile_latency_builds_validates_caches_and_resumes(tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "nascli", "profile-latency", *QUICK, f"out={out}"]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = out / "lut_partial.csv"
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and len(partial.read_text().splitlines()) >= 5):
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    done = len(partial.read_text().splitlines())
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming: {done} layers already measured" in result.stdout
+    assert {"lut.csv", "lut.json", "validation.csv", "lut_validation.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    meta = json.loads((out / "lut.json").read_text())["meta"]
+    assert meta["threads"] == 1 and meta["correction_kind"] in ("overhead", "linear")
+    assert set(meta["validation"]["linear"]) >= {"within_10", "within_5", "mape", "spearman"}
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    lut = make_cost_model(
+        cost_config("lut", threads=1, runs=3, warmup=1), SPACES["proxylessnas"], PROXY
+    )
+    assert lut.cost([0] * 73) > 0
+
+
+@pytest.mark.slow
+def test_profile_latency_of_one_architecture(run_cli, tmp_path):
+    out = tmp_path / "one"
+    result = run_cli("profile-latency", "arch=proxylessnas_mobile", *QUICK, f"out={out}")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "latency.json").read_text())
+    assert record["median_ms"] > 0 and record["protocol"]["threads"] == 1
