@@ -163,7 +163,7 @@ def test_build_without_arch_explains_what_to_pass(run_cli):
     assert result.exit_code == 2 and "arch=" in result.output
 
 
-@pytest.mark.parametrize("command", ["search", "random-baseline", "profile-latency"])
+@pytest.mark.parametrize("command", ["search", "random-baseline"])
 def test_commands_not_yet_available_say_so_and_fail(run_cli, command):
     result = run_cli(command)
     assert result.exit_code != 0 and "not available" in result.output
