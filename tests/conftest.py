@@ -16,7 +16,11 @@ def run_cli(tmp_path):
 
     def invoke(*args: str):
         args = list(args)
-        if args and args[0] in ("build", "retrain", "profile-latency") and not any(a.startswith("out=") for a in args):
+        if (
+            args
+            and args[0] in ("build", "retrain", "profile-latency")
+            and not any(a.startswith("out=") for a in args)
+        ):
             args.append(f"out={tmp_path / 'run'}")
         return runner.invoke(app, args)
 
