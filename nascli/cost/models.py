@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -114,9 +116,6 @@ def lut_identity(space: SearchSpace, settings: NetworkSettings, protocol: Protoc
 
 
 def cached_lut_path(identity: dict) -> Path:
-    import hashlib
-    import json
-
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return lut_cache_dir() / f"{identity['space']}-{identity['resolution']}px-{digest}.csv"
 

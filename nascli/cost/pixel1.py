@@ -84,10 +84,6 @@ class Piece:
     n_in: int
     op: OpFeatures
 
-    @property
-    def size(self) -> int:
-        return self.length
-
 
 def feature_pieces(space: SearchSpace) -> tuple[list[Piece], int]:
     """The pieces of `space`'s feature vector in walk order, and the feature dimension."""
