@@ -33,6 +33,7 @@ demo: setup  ## the spaces, MnasNet-B1 built at 224x224, ProxylessNAS-Mobile ret
 bench: setup  ## benchmarks whose numbers the README quotes
 	$(BIN)/python scripts/bench_cost.py
 	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python scripts/bench_latency.py --threads 1
 
 clean:
 	rm -rf $(VENV) runs multirun .pytest_cache .ruff_cache
