@@ -54,15 +54,17 @@ def distinct_layers(space: SearchSpace, settings: NetworkSettings) -> dict[str, 
     """
     sizes = [d.num_choices for d in space.decisions]
     base = [0] * len(sizes)
-    base_keys = {layer.name: layer_key(layer) for layer in decode(space, base, settings).layers}
+
+    def keys_by_name(indices: list[int]) -> dict[str, str]:
+        return {layer.name: layer_key(layer) for layer in decode(space, indices, settings).layers}
+
+    base_keys = keys_by_name(base)
     depends: dict[str, set[int]] = {name: set() for name in base_keys}
     for position, size in enumerate(sizes):
         for value in range(1, size):
             changed = list(base)
             changed[position] = value
-            keys = {
-                layer.name: layer_key(layer) for layer in decode(space, changed, settings).layers
-            }
+            keys = keys_by_name(changed)
             for name, key in base_keys.items():
                 if keys.get(name) != key:
                     depends[name].add(position)

@@ -19,10 +19,10 @@ import torch
 from nascli.cost.analytic import network_cost
 from nascli.cost.lut import LookupTable, settings_meta
 from nascli.cost.pixel1 import Pixel1Model
-from nascli.cost.timing import Protocol, measure, protocol_from_config
+from nascli.cost.timing import Protocol, Timing, measure, protocol_from_config
 from nascli.errors import NascliError
 from nascli.nn.builder import build_model
-from nascli.space.network import NetworkSettings, decode
+from nascli.space.network import Network, NetworkSettings, decode
 from nascli.space.spaces import SearchSpace
 
 ANALYTIC_UNITS = {"macs": "MACs", "params": "params", "peak_memory": "bytes"}
@@ -100,9 +100,14 @@ class MeasuredCost(PerArchitecture):
 
     def network_cost(self, indices: tuple[int, ...]) -> float:
         network = decode(self.space, indices, self.settings)
-        s = self.settings
-        shape = (self.protocol.batch_size, s.in_channels, s.resolution, s.resolution)
-        return measure(build_model(network), shape, self.protocol).median_ms
+        return measure_network(network, self.protocol).median_ms
+
+
+def measure_network(network: Network, protocol: Protocol) -> Timing:
+    """A freshly built standalone model of `network`, timed end to end."""
+    s = network.settings
+    shape = (protocol.batch_size, s.in_channels, s.resolution, s.resolution)
+    return measure(build_model(network), shape, protocol)
 
 
 def lut_cache_dir() -> Path:

@@ -59,6 +59,12 @@ def thread_count(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def summarise(samples: list[float]) -> Timing:
+    """Median and p10/p90 of per-run milliseconds."""
+    p10, p90 = np.percentile(samples, [10, 90]).tolist()
+    return Timing(statistics.median(samples), p10, p90, len(samples))
+
+
 def time_runs(
     run: Callable[[], Any],
     warmup: int,
@@ -78,8 +84,7 @@ def time_runs(
         run()
         synchronize()
         samples.append((clock() - start) / 1e6)
-    p10, p90 = np.percentile(samples, [10, 90]).tolist()
-    return Timing(statistics.median(samples), p10, p90, runs)
+    return summarise(samples)
 
 
 def _cuda_timing(run: Callable[[], Any], warmup: int, runs: int) -> Timing:
@@ -94,8 +99,7 @@ def _cuda_timing(run: Callable[[], Any], warmup: int, runs: int) -> Timing:
         end.record()
         end.synchronize()
         samples.append(start.elapsed_time(end))
-    p10, p90 = np.percentile(samples, [10, 90]).tolist()
-    return Timing(statistics.median(samples), p10, p90, runs)
+    return summarise(samples)
 
 
 @dataclass(frozen=True)

@@ -24,25 +24,15 @@ from nascli.cost.lut import (
     fit_corrections,
     profile_layers,
 )
-from nascli.cost.models import cached_lut_path, lut_identity
+from nascli.cost.models import cached_lut_path, lut_identity, measure_network
 from nascli.cost.timing import Protocol, measure, protocol_from_config
 from nascli.errors import NascliError
 from nascli.files import write_json
 from nascli.jobs.build import configured_network
-from nascli.nn.builder import build_model
 from nascli.report.tables import human
 from nascli.space.arch import get_space, sample_indices
-from nascli.space.network import Network, decode
+from nascli.space.network import decode
 from nascli.train.distributed import resolve_device
-
-
-def input_shape(network: Network, protocol: Protocol) -> tuple[int, ...]:
-    s = network.settings
-    return (protocol.batch_size, s.in_channels, s.resolution, s.resolution)
-
-
-def measure_network(network: Network, protocol: Protocol) -> float:
-    return measure(build_model(network), input_shape(network, protocol), protocol).median_ms
 
 
 def progress(console: Console) -> Progress:
@@ -57,7 +47,7 @@ def progress(console: Console) -> Progress:
 
 def measure_one(cfg: DictConfig, protocol: Protocol, console: Console, out: Path) -> None:
     arch, network = configured_network(cfg)
-    timing = measure(build_model(network), input_shape(network, protocol), protocol)
+    timing = measure_network(network, protocol)
     cost = network_cost(network)
     table = Table(title=f"{arch.space} · {network.settings.resolution}px", title_justify="left")
     for column in ("median", "p10", "p90", "runs", "params", "MACs"):
@@ -143,7 +133,7 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
                 {
                     "indices": ":".join(map(str, indices)),
                     "layer_sum_ms": table.layer_sum(network),
-                    "measured_ms": measure_network(network, protocol),
+                    "measured_ms": measure_network(network, protocol).median_ms,
                 }
             )
             bar.advance(task)

@@ -354,15 +354,14 @@ class Trainer:
                         break
                     checkpoint_due = checkpoint_every > 0 and self.step % checkpoint_every == 0
                     if self.step % log_every == 0 or checkpoint_due:
-                        window_start, window_step, stop = self._report(
-                            progress, task, epoch, window_start, window_step
-                        )
+                        *_, stop = self._report(progress, task, epoch, window_start, window_step)
+                        window_start, window_step = time.perf_counter(), self.step
                         if checkpoint_due or stop:
                             self.save_last()
                         if stop:
                             raise Interrupted(self.step, stop)
-                *_, stop = self._report(progress, task, epoch, window_start, window_step)
-                self._end_epoch(epoch)
+                loss, top1, stop = self._report(progress, task, epoch, window_start, window_step)
+                self._end_epoch(epoch, loss, top1)
                 if stop and self.step < self.total_steps:
                     raise Interrupted(self.step, stop)
         seconds = self.train_seconds
@@ -380,8 +379,9 @@ class Trainer:
 
     def _report(
         self, progress: Progress, task: Any, epoch: int, window_start: float, window_step: int
-    ) -> tuple[float, int, int]:
-        """Sync, redraw the progress bar; returns the next window and the agreed stop signal."""
+    ) -> tuple[float, float, int]:
+        """Sync, redraw the progress bar; returns the epoch's loss and top-1 so far and the
+        stop signal the ranks agreed on."""
         loss, top1, stop = self.sync()
         now = time.perf_counter()
         self.train_seconds += now - window_start
@@ -394,10 +394,9 @@ class Trainer:
             f"lr {lr:.3g} · {images_per_s:,.0f} img/s"
         )
         progress.update(task, completed=self.step, status=status, refresh=True)
-        return time.perf_counter(), self.step, stop
+        return loss, top1, stop
 
-    def _end_epoch(self, epoch: int) -> None:
-        loss, top1, _ = self.sync()
+    def _end_epoch(self, epoch: int, loss: float, top1: float) -> None:
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": self.step,
