@@ -137,11 +137,15 @@ def _is_override(arg: str) -> bool:
 
 
 def run_hydra_job(
-    command: str, job: Callable[[DictConfig], None], args: list[str], write_run_dir: bool = True
+    command: str,
+    job: Callable[[DictConfig], None],
+    args: list[str],
+    write_run_dir: bool = True,
+    config_name: str = "config",
 ) -> None:
-    """Compose the config from `args` (Hydra's own command line) and run `job` on it."""
+    """Compose the config `config_name` with `args` (Hydra's own command line), run `job`."""
 
-    @hydra.main(version_base=None, config_path="pkg://nascli.conf", config_name="config")
+    @hydra.main(version_base=None, config_path="pkg://nascli.conf", config_name=config_name)
     def task(cfg: DictConfig) -> None:
         try:
             job(cfg)

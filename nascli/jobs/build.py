@@ -16,7 +16,7 @@ from nascli.files import atomic_path, write_json
 from nascli.nn.builder import build_model
 from nascli.nn.export import export_onnx, export_torchscript
 from nascli.report.tables import human, layer_rows, layer_table
-from nascli.space.arch import Architecture, get_space, load_architecture
+from nascli.space.arch import Architecture, get_space, load_architecture, space_of
 from nascli.space.network import Network, decode
 
 
@@ -43,12 +43,13 @@ def arch_record(arch: Architecture, network: Network, cost: NetworkCost) -> dict
 
 
 def configured_network(cfg: DictConfig) -> tuple[Architecture, Network]:
-    """The architecture `arch=` names, decoded with the space and data settings of `cfg`."""
-    space = get_space(cfg.space.name)
+    """The architecture `arch=` names, decoded with the space and data settings of `cfg`. An
+    arch.json or run directory brings its own space."""
     if cfg.arch is None:
         raise NascliError(
             "no architecture given: pass arch=<indices | reference name | arch.json | run dir>"
         )
+    space = get_space(space_of(str(cfg.arch)) or cfg.space.name)
     arch = load_architecture(str(cfg.arch), space)
     return arch, decode(space, arch.indices, network_settings(cfg))
 

@@ -78,17 +78,37 @@ def sample_indices(
     return (uniform * sizes).floor().long()
 
 
+def _json_path(spec: str) -> Path | None:
+    """The arch.json a spec names (a file or a run directory), if it names one."""
+    path = Path(spec)
+    if path.is_dir():
+        return path / "arch.json"
+    if path.suffix == ".json" or path.is_file():
+        return path
+    return None
+
+
+def space_of(spec: str) -> str | None:
+    """The space an arch.json or run directory records (None for indices and references)."""
+    path = _json_path(str(spec).strip()) if str(spec).strip() else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        space = json.loads(path.read_text()).get("space")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return space if isinstance(space, str) and space in SPACES else None
+
+
 def load_architecture(spec: str, space: SearchSpace) -> Architecture:
     """`spec` is an indices string, a reference name, an `arch.json`, or a run directory."""
     spec = str(spec).strip()
     if not spec:
         raise NascliError("no architecture given: pass arch=<indices | reference | arch.json>")
-    path = Path(spec)
-    if path.is_dir():
-        path = path / "arch.json"
-        if not path.is_file():
+    path = _json_path(spec)
+    if path is not None:
+        if Path(spec).is_dir() and not path.is_file():
             raise NascliError(f"{spec} is a directory without an arch.json")
-    if path.suffix == ".json" or path.is_file():
         return _load_json(path, space)
     if spec[0].isdigit():
         return parse_indices(space, spec)

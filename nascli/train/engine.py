@@ -77,6 +77,62 @@ class Outcome:
     replica_checksums: list[float]
 
 
+class StopRequest:
+    """Set by SIGTERM/SIGINT: the loop checkpoints and stops at its next sync point."""
+
+    signum = 0
+
+
+@contextmanager
+def stop_requests() -> Iterator[StopRequest]:
+    """SIGTERM/SIGINT ask for a checkpoint and a clean stop; a second Ctrl-C kills."""
+    requested = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        requested.signum = signum
+        signal.signal(signal.SIGINT, previous[signal.SIGINT])
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for s in previous:
+        signal.signal(s, request_stop)
+    try:
+        yield requested
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def progress_bar(console: Console, enabled: bool = True) -> Progress:
+    """Bar, count, elapsed, ETA and a status line; redrawn only when asked, so no thread
+    competes with the training step."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        disable=not enabled,
+        auto_refresh=False,
+    )
+
+
+def check_replicas(ctx: Context, tensors: Any) -> list[float]:
+    """A position-weighted checksum of `tensors` on every rank; ranks that differ are an error."""
+    values = [t.detach().double().flatten() for t in tensors]
+    flat = torch.cat([v for v in values if v.numel()])
+    position = torch.arange(1, len(flat) + 1, device=flat.device, dtype=torch.float64)
+    checksum = (flat * position.rsqrt()).sum().reshape(1)
+    sums = [float(t) for t in ctx.all_gather(checksum)]
+    if len(set(sums)) > 1:
+        raise NascliError(f"the ranks' weights differ after training (checksums {sums})")
+    return sums
+
+
 class Trainer:
     """Trains `model` on `data` with the recipe `cfg` (the `train` config group)."""
 
@@ -137,7 +193,6 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.train_seconds = 0.0
-        self.stop_signal = 0
         self._reset_epoch_totals()
 
     # ------------------------------------------------------------------ state
@@ -196,14 +251,7 @@ class Trainer:
 
     def check_replicas(self) -> list[float]:
         """A checksum of every rank's weights and buffers; ranks that drifted apart are an error."""
-        values = [t.detach().double().flatten() for t in self.model.state_dict().values()]
-        flat = torch.cat([v for v in values if v.numel()])
-        position = torch.arange(1, len(flat) + 1, device=flat.device, dtype=torch.float64)
-        checksum = (flat * position.rsqrt()).sum().reshape(1)
-        sums = [float(t) for t in self.ctx.all_gather(checksum)]
-        if len(set(sums)) > 1:
-            raise NascliError(f"the ranks' weights differ after training (checksums {sums})")
-        return sums
+        return check_replicas(self.ctx, self.model.state_dict().values())
 
     # ------------------------------------------------------------------ steps
     def autocast(self) -> Any:
@@ -292,36 +340,17 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     @contextmanager
     def stop_on_signals(self) -> Iterator[None]:
-        """SIGTERM/SIGINT ask for a checkpoint and a clean stop at the next sync point."""
-        if threading.current_thread() is not threading.main_thread():
+        with stop_requests() as requested:
+            self._requested = requested
             yield
-            return
 
-        def request_stop(signum: int, frame: Any) -> None:
-            self.stop_signal = signum
-            signal.signal(signal.SIGINT, previous[signal.SIGINT])  # a second Ctrl-C kills
-
-        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-        for s in previous:
-            signal.signal(s, request_stop)
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+    @property
+    def stop_signal(self) -> int:
+        requested = getattr(self, "_requested", None)
+        return requested.signum if requested is not None else 0
 
     def progress(self) -> Progress:
-        return Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=self.console,
-            disable=not self.ctx.is_main,
-            auto_refresh=False,  # redrawn at each sync: no thread competing with the step
-        )
+        return progress_bar(self.console, self.ctx.is_main)
 
     def fit(self) -> Outcome:
         """Train to the end of the recipe (resuming from `run_dir/last.pt` when it exists)."""

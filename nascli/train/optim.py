@@ -85,8 +85,13 @@ def parameter_groups(
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: Any, peak_lr: float) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, cfg.weight_decay, cfg.decay_classifier)
+def build_optimizer(
+    model: nn.Module, cfg: Any, peak_lr: float, weight_decay: float | None = None
+) -> torch.optim.Optimizer:
+    """The optimiser of the recipe `cfg`; `weight_decay` overrides the recipe's (the supernet
+    decays only the active slices itself and passes 0)."""
+    decay = cfg.weight_decay if weight_decay is None else weight_decay
+    groups = parameter_groups(model, decay, cfg.decay_classifier)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.optimizer == "rmsprop_tf":

@@ -1,0 +1,260 @@
+"""`nascli search`: search a space under a cost target (strategy=tunas).
+
+The run directory holds the composed config (`.hydra/`), `search_log.csv` (one row per logged
+step: reward, baseline, advantage, valid accuracy, cost, learning rates, warmup probabilities,
+entropy, the sampled indices and every decision's probabilities), `last.pt` (supernet,
+optimisers, policy, baseline, RNG and step: rerunning with `out=` resumes exactly),
+`arch.json` (the argmax architecture with its cost, params and MACs), `summary.json` and
+`plots/`. `nascli build arch=<run dir>` and `nascli retrain arch=<run dir>` take the result.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from nascli.config import network_settings, run_directory
+from nascli.cost.analytic import network_cost
+from nascli.cost.models import make_cost_model
+from nascli.data import load_data
+from nascli.errors import NascliError
+from nascli.files import atomic_path, write_json
+from nascli.jobs.build import arch_record
+from nascli.nn.supernet import Supernet
+from nascli.report import plots
+from nascli.report.tables import human
+from nascli.search.tunas import (
+    StepRecord,
+    TunasSearch,
+    TunasSettings,
+    default_target,
+    probability_columns,
+)
+from nascli.space.arch import Architecture, get_space
+from nascli.space.network import decode
+from nascli.train.checkpoint import load_checkpoint, save_checkpoint
+from nascli.train.distributed import context
+from nascli.train.engine import TrainingDiverged, check_replicas, progress_bar, stop_requests
+
+NOT_FINGERPRINTED = {"log_every", "checkpoint_every", "eval_batch_size", "workers", "root"}
+
+
+def fingerprint(cfg: DictConfig, world: int) -> dict[str, Any]:
+    def section(name: str) -> dict[str, Any]:
+        values = OmegaConf.to_container(cfg[name], resolve=True)
+        return {k: v for k, v in values.items() if k not in NOT_FINGERPRINTED}
+
+    return {
+        "command": "search",
+        **{name: section(name) for name in ("space", "strategy", "data", "train", "cost")},
+        "seed": cfg.seed,
+        "world_size": world,
+    }
+
+
+def log_row(search: TunasSearch, record: StepRecord, seconds: float) -> dict[str, Any]:
+    """One `search_log.csv` row: step means over the step's architectures, and the policy."""
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    argmax = torch.tensor([search.final_indices()])
+    return {
+        "step": record.step,
+        "seconds": seconds,
+        "lr": record.lr,
+        "policy_lr": record.policy_lr,
+        "p_op_warmup": record.p_op,
+        "p_filter_warmup": record.p_filter,
+        "train_loss": record.train_loss,
+        "quality": mean(record.quality),
+        "cost": mean(record.cost),
+        "reward": mean(record.rewards),
+        "baseline": record.baseline,
+        "advantage": mean(record.advantages),
+        "entropy": record.entropy,
+        "argmax_cost": float(search.cost_model(argmax)[0]),
+        "indices": ";".join(":".join(map(str, row)) for row in record.indices),
+        **probability_columns(search.space, search.policy.probs()),
+    }
+
+
+def write_log(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return frame
+
+
+def run(cfg: DictConfig) -> None:
+    name = cfg.strategy.name
+    if name != "tunas":
+        raise NascliError(f"strategy={name} is not available in this version; use strategy=tunas")
+    run_tunas(cfg)
+
+
+def run_tunas(cfg: DictConfig) -> None:
+    started = time.perf_counter()
+    ctx = context(cfg.device)
+    console = Console(quiet=not ctx.is_main)
+    settings = TunasSettings.from_config(cfg.strategy)
+    space = get_space(cfg.space.name)
+    net_settings = network_settings(cfg)
+    cost_model = make_cost_model(cfg.cost, space, net_settings, str(ctx.device))
+    target = default_target(cfg.cost.name, space.name, cfg.cost.target)
+    if target is None and settings.reward != "quality":
+        raise NascliError(
+            f"cost={cfg.cost.name} has no default target: set cost.target=<{cost_model.units}> "
+            "(or strategy.reward=quality for an unconstrained search)"
+        )
+    data = load_data(cfg.data)
+    torch.manual_seed(cfg.seed)
+    supernet = Supernet(space, net_settings)
+    search = TunasSearch(
+        supernet, cfg.train, settings, data, cost_model, target, ctx, seed=cfg.seed
+    )
+    out = run_directory()
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    print_ = fingerprint(cfg, ctx.world)
+    rows: list[dict[str, Any]] = []
+    seconds = 0.0
+    checkpoint = out / "last.pt"
+    if checkpoint.exists():
+        state = load_checkpoint(checkpoint, print_)
+        search.load_state(state["search"])
+        rows, seconds = state["log"], state["seconds"]
+        console.print(f"resuming from step {search.step} of {search.total_steps}")
+
+    console.print(
+        f"search {space.title} · strategy tunas ({settings.reward} reward, "
+        f"{search.archs} arch/step) · cost {cost_model.name} target "
+        f"{target if target is not None else '–'} {cost_model.units} · data {data.name} "
+        f"{net_settings.resolution}px · {search.total_steps} steps of "
+        f"{cfg.train.batch_size} images · {ctx.world} × {ctx.device}",
+        soft_wrap=True,
+    )
+
+    def save() -> None:
+        if ctx.is_main:
+            save_checkpoint(
+                checkpoint,
+                {"fingerprint": print_, "search": search.state(), "log": rows, "seconds": seconds},
+            )
+            write_log(out / "search_log.csv", rows)
+
+    with stop_requests() as requested, progress_bar(console, ctx.is_main) as progress:
+        task = progress.add_task(
+            "search", total=search.total_steps, completed=search.step, status=""
+        )
+        while search.step < search.total_steps:
+            tick = time.perf_counter()
+            record = search.train_step()
+            seconds += time.perf_counter() - tick
+            if not torch.isfinite(torch.tensor(record.train_loss)):
+                raise TrainingDiverged(
+                    f"the supernet's loss became NaN/inf at step {record.step}; lower "
+                    f"train.lr_per_256 (the last good checkpoint is {checkpoint})"
+                )
+            if record.step % max(1, settings.log_every) == 0 or search.step == search.total_steps:
+                rows.append(log_row(search, record, seconds))
+            last = rows[-1] if rows else None
+            if last is not None:
+                progress.update(
+                    task,
+                    completed=search.step,
+                    refresh=True,
+                    status=(
+                        f"loss {record.train_loss:.3f} · valid {last['quality']:.1%} · "
+                        f"cost {last['cost']:.4g} · argmax {last['argmax_cost']:.4g} · "
+                        f"entropy {record.entropy:.1f}"
+                    ),
+                )
+            stop = int(ctx.all_reduce(torch.tensor([requested.signum]), op="max")[0])
+            due = settings.checkpoint_every > 0 and search.step % settings.checkpoint_every == 0
+            if due or stop:
+                save()
+            if stop:
+                name = signal.Signals(stop).name
+                console.print(
+                    f"{name}: stopped at step {search.step} with a checkpoint in {out}; rerun "
+                    f"the same command with out={out} to resume",
+                    soft_wrap=True,
+                )
+                sys.exit(128 + stop)
+    save()
+    replicas = check_replicas(
+        ctx, [*search.net.state_dict().values(), search.policy.logits.float()]
+    )
+    finish(cfg, search, rows, out, console, target, seconds, started, replicas)
+
+
+def finish(
+    cfg: DictConfig,
+    search: TunasSearch,
+    rows: list[dict[str, Any]],
+    out: Path,
+    console: Console,
+    target: float | None,
+    seconds: float,
+    started: float,
+    replicas: list[float],
+) -> None:
+    """arch.json, summary.json, plots and the final report of a finished search."""
+    space = search.space
+    arch = Architecture(space.name, tuple(search.final_indices()))
+    network = decode(space, arch.indices, search.net.settings)
+    cost = network_cost(network)
+    value = search.cost_model.cost(arch.indices)
+    units = search.cost_model.units
+    summary = {
+        "strategy": "tunas",
+        "space": space.name,
+        "indices": arch.text,
+        "cost_model": search.cost_model.name,
+        "cost": value,
+        "cost_units": units,
+        "target": target,
+        "relative_to_target": None if not target else value / target - 1,
+        "params": cost.params,
+        "macs": cost.macs,
+        "steps": search.step,
+        "images": search.step * cfg.train.batch_size,
+        "reward_images": search.step * search.valid_per_arch * search.archs,
+        "search_seconds": seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "world_size": search.ctx.world,
+        "replica_checksums": replicas,
+        "final_valid_quality": rows[-1]["quality"] if rows else None,
+    }
+    if not search.ctx.is_main:
+        return
+    record = arch_record(arch, network, cost)
+    record["search"] = {k: summary[k] for k in ("cost_model", "cost", "cost_units", "target")}
+    write_json(out / "arch.json", record)
+    write_json(out / "summary.json", summary)
+    log = pd.DataFrame(rows)
+    (out / "plots").mkdir(exist_ok=True)
+    plots.search_curves(out / "plots" / "search_curves.png", log, target, units)
+    plots.probability_heatmap(out / "plots" / "policy_heatmap.png", log)
+
+    table = Table(title="searched architecture", title_justify="left", show_header=False)
+    table.add_row("space", space.title)
+    table.add_row("indices", arch.text)
+    where = "" if not target else f" ({value / target - 1:+.1%} vs target {target:g} {units})"
+    table.add_row(f"cost ({search.cost_model.name})", f"{value:.4g} {units}{where}")
+    table.add_row("params · MACs", f"{human(cost.params)} · {human(cost.macs)}")
+    table.add_row("steps · images", f"{search.step:,} · {summary['images']:,}")
+    table.add_row("search time", f"{seconds:.0f} s")
+    console.print(table)
+    console.print(
+        f"wrote {out}/arch.json, summary.json, search_log.csv, plots/; next: "
+        f"`nascli retrain arch={out}`",
+        soft_wrap=True,
+    )

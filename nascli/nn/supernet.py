@@ -1,0 +1,455 @@
+"""The weight-shared supernet of a search space (TuNAS §2), running only the sampled child.
+
+Built from the space's data with the same traversal as the indices, so every choice node knows
+its decision position. Weights are sized for the largest choice and *sliced* to the active
+channels, which is the function of TuNAS's prefix masks at the child's cost:
+
+* each kernel size has its own depthwise (or stem) conv and its own BN; the 1×1 expand and
+  project convs, their BNs and the SE are shared across kernels and expansion ratios
+  (operation collapsing); nothing is shared across layers;
+* expansion widths are relative to the *sampled* input width, `scale(in, ratio)`;
+* BN is stateless: batch statistics in every pass, no running averages (§0, §11.2);
+* a skipped layer is an identity and costs nothing;
+* under op warmup a choice node may be *mixed*: all its branches run and are averaged with
+  weight 1/n (a skip node gives x + ½·layer(x)); filter warmup simply samples the largest width.
+
+`active_decay` lists the kernel slices the last forward pass used, so weight decay reaches only
+the active slices and branches (§2, §11.11). `extract(indices)` returns the standalone model of
+`nascli build` carrying the supernet's weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nascli.nn.blocks import BN_EPSILON, same_padding
+from nascli.nn.builder import MobileNet, build_model, init_weights
+from nascli.space.network import NetworkSettings, decode, make_divisible, strides_to_drop
+from nascli.space.schema import (
+    Activation,
+    Block,
+    Conv,
+    Endpoint,
+    GlobalAvgPool,
+    InvertedBottleneck,
+    OneOf,
+    Residual,
+    SepConv,
+    Zero,
+)
+from nascli.space.spaces import SearchSpace, scale_filters
+
+_ACT = {"relu": F.relu, "swish6": F.hardswish, None: lambda x: x}
+
+
+@dataclass
+class Sample:
+    """One child: an index per decision, and which op nodes run mixed (op warmup)."""
+
+    indices: list[int]
+    mixed: list[bool]
+
+    @classmethod
+    def of(cls, indices) -> Sample:
+        indices = [int(i) for i in indices]
+        return cls(indices, [False] * len(indices))
+
+
+class Choice:
+    """A decision position and its options; an int field is a one-option choice."""
+
+    def __init__(self, node, positions: Iterator[int] | None):
+        if isinstance(node, OneOf):
+            self.options = tuple(node.choices)
+            self.position: int | None = next(positions)
+        else:
+            self.options, self.position = (node,), None
+
+    def branches(self, s: Sample) -> tuple[list[int], float]:
+        """The option numbers that run and the weight each output gets."""
+        if self.position is None:
+            return [0], 1.0
+        if s.mixed[self.position]:
+            return list(range(len(self.options))), 1.0 / len(self.options)
+        return [s.indices[self.position]], 1.0
+
+    def value(self, s: Sample):
+        return self.options[0 if self.position is None else s.indices[self.position]]
+
+
+class Trace:
+    """What a forward pass used: kernel slices for masked weight decay."""
+
+    def __init__(self) -> None:
+        self.decay: dict[int, tuple[nn.Parameter, tuple[slice, ...]]] = {}
+
+    def kernel(self, weight: nn.Parameter, *sizes: int) -> torch.Tensor:
+        index = tuple(slice(0, n) for n in sizes)
+        self.decay[id(weight)] = (weight, index)
+        return weight[index]
+
+
+class SuperBN(nn.Module):
+    """Affine BN over the first c channels, normalised with the batch's own statistics."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        return F.batch_norm(x, None, None, self.weight[:c], self.bias[:c], True, 0.0, BN_EPSILON)
+
+
+class SuperConv(nn.Module):
+    """A k×k conv (groups=1 or depthwise) with TF "SAME" padding on a fixed input resolution."""
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, stride: int, resolution: int,
+        depthwise: bool = False, bias: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.depthwise = depthwise
+        shape = (c_out, 1 if depthwise else c_in, kernel, kernel)
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
+        self.stride = stride
+        before, after = same_padding(kernel, stride, resolution)
+        self.pad = (before, after, before, after) if before != after else None
+        self.padding = 0 if before != after else before
+
+    def forward(self, x: torch.Tensor, c_out: int, trace: Trace) -> torch.Tensor:
+        c_in = x.shape[1]
+        if self.depthwise:
+            weight, groups = trace.kernel(self.weight, c_in), c_in
+        else:
+            weight, groups = trace.kernel(self.weight, c_out, c_in), 1
+        bias = None if self.bias is None else self.bias[:c_out]
+        if self.pad is not None:
+            x = F.pad(x, self.pad)
+        return F.conv2d(x, weight, bias, self.stride, self.padding, 1, groups)
+
+
+class ConvBN(nn.Module):
+    def __init__(self, c_in, c_out, kernel, stride, resolution, depthwise=False, bn=True):
+        super().__init__()
+        self.conv = SuperConv(c_in, c_out, kernel, stride, resolution, depthwise, bias=not bn)
+        self.bn = SuperBN(c_out) if bn else None
+
+    def forward(self, x: torch.Tensor, c_out: int, trace: Trace) -> torch.Tensor:
+        y = self.conv(x, c_out, trace)
+        return y if self.bn is None else self.bn(y)
+
+
+class KernelSwitch(nn.Module):
+    """One ConvBN per kernel size (no weight sharing between kernels, §11.10)."""
+
+    def __init__(self, choice: Choice, c_in, c_out, stride, resolution, depthwise, bn=True):
+        super().__init__()
+        self.choice = choice
+        self.convs = nn.ModuleList(
+            ConvBN(c_in, c_out, k, stride, resolution, depthwise, bn) for k in choice.options
+        )
+
+    def forward(self, x: torch.Tensor, c_out: int, s: Sample, trace: Trace) -> torch.Tensor:
+        branches, weight = self.choice.branches(s)
+        y = self.convs[branches[0]](x, c_out, trace)
+        for b in branches[1:]:
+            y = y + self.convs[b](x, c_out, trace)
+        return y * weight if weight != 1.0 else y
+
+
+class SuperSE(nn.Module):
+    """SE over the active width c, hidden = make_divisible(c/4) (a prefix of the largest)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        hidden = make_divisible(0.25 * channels)
+        self.reduce = nn.Parameter(torch.empty(hidden, channels, 1, 1))
+        self.reduce_bias = nn.Parameter(torch.zeros(hidden))
+        self.expand = nn.Parameter(torch.empty(channels, hidden, 1, 1))
+        self.expand_bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor, trace: Trace) -> torch.Tensor:
+        c = x.shape[1]
+        h = make_divisible(0.25 * c)
+        gate = x.mean((2, 3), keepdim=True)
+        gate = F.relu(F.conv2d(gate, trace.kernel(self.reduce, h, c), self.reduce_bias[:h]))
+        gate = torch.sigmoid(F.conv2d(gate, trace.kernel(self.expand, c, h), self.expand_bias[:c]))
+        return x * gate
+
+
+class Layer(nn.Module):
+    """Base of the super layers: forward(x, width of this block, sample, trace)."""
+
+    def forward(self, x, width: int, s: Sample, trace: Trace) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SuperStemConv(Layer):
+    """Conv (kernel may be searched: one conv + BN per kernel), optional BN, activation."""
+
+    def __init__(self, spec: Conv, positions, c_in, c_out, stride, resolution):
+        super().__init__()
+        self.kernel = Choice(spec.kernel, positions)
+        self.convs = KernelSwitch(self.kernel, c_in, c_out, stride, resolution, False, spec.bn)
+        self.act: str | None = None  # set by a following Activation entry
+
+    def forward(self, x, width, s, trace):
+        return _ACT[self.act](self.convs(x, width, s, trace))
+
+
+class SuperSepConv(Layer):
+    def __init__(self, spec: SepConv, positions, c_in, c_out, stride, resolution):
+        super().__init__()
+        self.kernel = Choice(spec.kernel, positions)
+        self.depthwise = KernelSwitch(self.kernel, c_in, c_in, stride, resolution, True)
+        out_resolution = math.ceil(resolution / stride)
+        self.pointwise = ConvBN(c_in, c_out, 1, 1, out_resolution)
+        self.act = spec.act
+
+    def forward(self, x, width, s, trace):
+        y = _ACT[self.act](self.depthwise(x, x.shape[1], s, trace))
+        return self.pointwise(y, width, trace)
+
+
+class SuperIBN(Layer):
+    def __init__(self, spec: InvertedBottleneck, positions, c_in, c_out, stride, resolution):
+        super().__init__()
+        self.kernel = Choice(spec.kernel, positions)
+        self.expansion = Choice(spec.expansion, positions)
+        self.se = Choice(spec.se, positions)
+        mid = scale_filters(c_in, max(self.expansion.options))
+        self.expand = ConvBN(c_in, mid, 1, 1, resolution)
+        self.depthwise = KernelSwitch(self.kernel, mid, mid, stride, resolution, True)
+        self.squeeze = SuperSE(mid) if any(self.se.options) else None
+        out_resolution = math.ceil(resolution / stride)
+        self.project = ConvBN(mid, c_out, 1, 1, out_resolution)
+        self.act = _ACT[spec.act]
+
+    def forward(self, x, width, s, trace):
+        mid = scale_filters(x.shape[1], self.expansion.value(s))
+        y = self.act(self.expand(x, mid, trace))
+        y = self.act(self.depthwise(y, mid, s, trace))
+        branches, weight = self.se.branches(s)
+        if len(branches) > 1:  # op warmup: ½·y + ½·SE(y)
+            y = weight * (y + self.squeeze(y, trace))
+        elif self.se.options[branches[0]]:
+            y = self.squeeze(y, trace)
+        return self.project(y, width, trace)
+
+
+class SuperGAP(Layer):
+    def forward(self, x, width, s, trace):
+        return x.mean((2, 3), keepdim=True)
+
+
+class OpChoice(Layer):
+    """A choice between layers (or a layer and Zero); inside a residual, Zero is a skip."""
+
+    def __init__(self, layers: list[Layer | None], choice: Choice, residual: bool):
+        super().__init__()
+        self.layers = nn.ModuleList(layer or nn.Identity() for layer in layers)
+        self.is_zero = [layer is None for layer in layers]
+        self.choice = choice
+        self.residual = residual
+
+    def forward(self, x, width, s, trace):
+        branches, weight = self.choice.branches(s)
+        y = None
+        for b in branches:
+            if self.is_zero[b]:
+                continue
+            out = self.layers[b](x, width, s, trace)
+            y = out if y is None else y + out
+        if y is not None and weight != 1.0:
+            y = y * weight
+        if self.residual:
+            return x if y is None else x + y
+        return torch.zeros_like(x) if y is None else y
+
+
+class SuperBlock(nn.Module):
+    def __init__(self, name: str, layers: list[Layer], width: Choice, multiplier: float):
+        super().__init__()
+        self.name = name
+        self.layers = nn.ModuleList(layers)
+        self.width = width
+        self.widths = [scale_filters(w, multiplier) for w in width.options]
+
+    def forward(self, x, s: Sample, trace: Trace) -> torch.Tensor:
+        width = self.widths[s_index(self.width, s)]
+        for layer in self.layers:
+            x = layer(x, width, s, trace)
+        return x
+
+
+class _Builder:
+    """Walks the space in indices order, creating super layers with max-size weights."""
+
+    def __init__(self, space: SearchSpace, settings: NetworkSettings):
+        self.settings = settings
+        self.positions = iter(range(space.num_decisions))
+        self.drop = strides_to_drop(space, settings)
+        self.channels = settings.in_channels  # the largest width the next layer can receive
+        self.resolution = settings.resolution
+
+    def stride(self, stride: int) -> int:
+        if stride > 1 and self.drop > 0:
+            self.drop -= 1
+            return 1
+        return stride
+
+    def block(self, block: Block) -> SuperBlock:
+        # The block's widths are known only after its layers' positions (filters come last), but
+        # weights need the largest width first: read it from the node itself.
+        filters = block.filters.choices if isinstance(block.filters, OneOf) else (block.filters,)
+        max_width = max(scale_filters(f, self.settings.width_multiplier) for f in filters)
+        layers: list[Layer] = []
+        for entry in block.layers:
+            layer = self.layer(entry, max_width)
+            if isinstance(entry, Activation):
+                layers[-1].act = entry.name
+            elif layer is not None:
+                layers.append(layer)
+        width = Choice(block.filters, self.positions)
+        return SuperBlock(block.name, layers, width, self.settings.width_multiplier)
+
+    def layer(self, entry, max_width: int, residual: bool = False) -> Layer | None:
+        if isinstance(entry, Residual):
+            return self.layer(entry.layer, max_width, residual=True)
+        if isinstance(entry, OneOf):
+            layers = [
+                None if isinstance(c, Zero) else self.layer(c, max_width) for c in entry.choices
+            ]
+            return OpChoice(layers, Choice(entry, self.positions), residual)
+        if isinstance(entry, (Activation, Endpoint)):
+            return None
+        if isinstance(entry, GlobalAvgPool):
+            self.resolution = 1
+            return SuperGAP()
+        kinds = {Conv: SuperStemConv, SepConv: SuperSepConv, InvertedBottleneck: SuperIBN}
+        stride = self.stride(entry.stride)
+        layer = kinds[type(entry)](
+            entry, self.positions, self.channels, max_width, stride, self.resolution
+        )
+        self.channels, self.resolution = max_width, math.ceil(self.resolution / stride)
+        return layer
+
+
+class Supernet(nn.Module):
+    """All children of `space` at `settings`, sharing weights; forward(x, sample) runs one."""
+
+    def __init__(self, space: SearchSpace, settings: NetworkSettings):
+        super().__init__()
+        self.space, self.settings = space, settings
+        builder = _Builder(space, settings)
+        self.blocks = nn.ModuleList(builder.block(block) for block in space.blocks)
+        if next(builder.positions, None) is not None:
+            raise AssertionError(f"{space.name}: the supernet did not consume every decision")
+        self.classifier = nn.Linear(builder.channels, settings.num_classes)
+        self.dropout = settings.dropout
+        self.trace = Trace()
+        init_weights(self)
+        for module in self.modules():  # the parameters init_weights does not know
+            if isinstance(module, SuperConv):
+                _init_conv(module.weight, module.depthwise)
+            elif isinstance(module, SuperSE):
+                _init_conv(module.reduce, False)
+                _init_conv(module.expand, False)
+
+    def forward(self, x: torch.Tensor, sample: Sample) -> torch.Tensor:
+        self.trace = trace = Trace()
+        for block in self.blocks:
+            x = block(x, sample, trace)
+        x = torch.flatten(x, 1)
+        if self.dropout and self.training:
+            x = F.dropout(x, self.dropout)
+        return F.linear(x, self.classifier.weight[:, : x.shape[1]], self.classifier.bias)
+
+    def active_decay(self) -> list[tuple[nn.Parameter, tuple[slice, ...]]]:
+        """The kernel slices (convs, depthwise, SE) the last forward used; never BN, biases or
+        the classifier."""
+        return list(self.trace.decay.values())
+
+    @torch.no_grad()
+    def extract(self, indices) -> MobileNet:
+        """The standalone model of `indices`, carrying this supernet's weights."""
+        network = decode(self.space, tuple(int(i) for i in indices), self.settings)
+        model = build_model(network)
+        sample = Sample.of(indices)
+        targets = iter(model.features)
+        for block in self.blocks:
+            width = block.widths[s_index(block.width, sample)]
+            for layer in block.layers:
+                _copy_layer(layer, sample, targets, width)
+        classifier = model.classifier
+        classifier.weight.copy_(self.classifier.weight[:, : classifier.in_features])
+        classifier.bias.copy_(self.classifier.bias)
+        return model
+
+
+def _init_conv(weight: torch.Tensor, depthwise: bool) -> None:
+    """TuNAS's truncated He-normal over the fan-in (k² for depthwise kernels)."""
+    _, c_in, kh, kw = weight.shape
+    fan_in = kh * kw * (1 if depthwise else c_in)
+    std = math.sqrt(2.0 / fan_in) / 0.87962566103423978
+    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+def _convs_and_bns(module: nn.Module) -> tuple[list[nn.Conv2d], list[nn.BatchNorm2d]]:
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    return convs, bns
+
+
+def _copy_conv(source: ConvBN, conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> None:
+    out, c_in = conv.weight.shape[:2]
+    conv.weight.copy_(source.conv.weight[:out, :c_in])
+    if conv.bias is not None:
+        conv.bias.copy_(source.conv.bias[:out])
+    if bn is not None:
+        bn.weight.copy_(source.bn.weight[:out])
+        bn.bias.copy_(source.bn.bias[:out])
+
+
+def _copy_layer(layer: Layer, s: Sample, targets: Iterator[nn.Module], width: int) -> None:
+    if isinstance(layer, OpChoice):
+        index = s_index(layer.choice, s)
+        if layer.is_zero[index]:
+            return  # a skipped layer does not exist in the standalone model
+        _copy_layer(layer.layers[index], s, targets, width)
+        return
+    target = next(targets)
+    convs, bns = _convs_and_bns(target)
+    if isinstance(layer, SuperGAP):
+        return
+    if isinstance(layer, SuperStemConv):
+        _copy_conv(layer.convs.convs[s_index(layer.kernel, s)], convs[0], bns[0] if bns else None)
+    elif isinstance(layer, SuperSepConv):
+        _copy_conv(layer.depthwise.convs[s_index(layer.kernel, s)], convs[0], bns[0])
+        _copy_conv(layer.pointwise, convs[1], bns[1])
+    elif isinstance(layer, SuperIBN):
+        _copy_conv(layer.expand, convs[0], bns[0])
+        _copy_conv(layer.depthwise.convs[s_index(layer.kernel, s)], convs[1], bns[1])
+        if len(convs) == 5:  # expand, depthwise, SE reduce, SE expand, project
+            se = layer.squeeze
+            hidden, mid = convs[2].weight.shape[:2]
+            convs[2].weight.copy_(se.reduce[:hidden, :mid])
+            convs[2].bias.copy_(se.reduce_bias[:hidden])
+            convs[3].weight.copy_(se.expand[:mid, :hidden])
+            convs[3].bias.copy_(se.expand_bias[:mid])
+        _copy_conv(layer.project, convs[-1], bns[-1])
+    else:
+        raise AssertionError(f"cannot extract {type(layer).__name__}")
+
+
+def s_index(choice: Choice, s: Sample) -> int:
+    return 0 if choice.position is None else s.indices[choice.position]

@@ -1,0 +1,70 @@
+"""PNG plots of run logs (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def search_curves(path: Path, log: pd.DataFrame, target: float | None, units: str) -> None:
+    """Reward, baseline and valid accuracy, and cost with its target, against the step."""
+    plt = pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    top.plot(log["step"], log["reward"], lw=0.6, alpha=0.6, label="reward (mean of step)")
+    top.plot(log["step"], log["baseline"], lw=1.2, label="baseline")
+    top.plot(log["step"], log["quality"], lw=0.6, alpha=0.6, label="valid top-1")
+    top.set_ylabel("reward / accuracy")
+    top.legend(fontsize=8)
+    bottom.plot(log["step"], log["cost"], lw=0.6, alpha=0.6, label="sampled")
+    bottom.plot(log["step"], log["argmax_cost"], lw=1.2, label="argmax of policy")
+    if target is not None:
+        bottom.axhline(target, color="k", ls="--", lw=0.8, label="target")
+    bottom.set_ylabel(f"cost ({units})")
+    bottom.set_xlabel("step")
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def probability_heatmap(path: Path, log: pd.DataFrame) -> None:
+    """One row per (decision, option), one column per logged step, colour = probability."""
+    columns = [c for c in log.columns if c.startswith("p/")]
+    if not columns:
+        return
+    plt = pyplot()
+    values = log[columns].to_numpy().T
+    height = max(4.0, 0.09 * len(columns))
+    fig, ax = plt.subplots(figsize=(9, height))
+    steps = log["step"].to_numpy()
+    image = ax.imshow(
+        values,
+        aspect="auto",
+        interpolation="nearest",
+        cmap="viridis",
+        vmin=0.0,
+        vmax=1.0,
+        extent=(float(steps[0]), float(steps[-1]) + 1, len(columns), 0),
+    )
+    ax.set_yticks(np.arange(len(columns)) + 0.5)
+    ax.set_yticklabels([c[2:] for c in columns], fontsize=4)
+    ax.set_xlabel("step")
+    ax.set_title("policy probability of each option", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

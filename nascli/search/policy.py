@@ -1,0 +1,202 @@
+"""TuNAS's controller (§3): independent categorical logits per decision, hierarchical log-prob
+and entropy, warmup replacement of samples (§5), and Adam with β1 = 0 whose second moment
+averages the *squared per-architecture* gradients (§3.6).
+
+The policy is small (one logit vector per decision), so its gradients are written out
+analytically and computed per architecture in one vectorised expression; a test checks them
+against autograd.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from nascli.space.schema import FILTERS, OP, Block, OneOf, Residual
+from nascli.space.spaces import SearchSpace
+
+
+def ancestors(space: SearchSpace) -> list[list[tuple[int, int]]]:
+    """For every decision, the (position, option) pairs of the choice nodes enclosing it: the
+    decision is active only if each of those nodes selects that option (§3, §11.5)."""
+    found: list[list[tuple[int, int]]] = []
+
+    def walk(node: Any) -> list[int]:
+        """Visit `node` in indices order; returns the positions it contains."""
+        if isinstance(node, OneOf):
+            inside: list[tuple[int, list[int]]] = []
+            for option, choice in enumerate(node.choices):
+                inside.append((option, walk(choice)))
+            position = len(found)
+            found.append([])
+            for option, positions in inside:
+                for p in positions:
+                    found[p].append((position, option))
+            return [p for _, ps in inside for p in ps] + [position]
+        if isinstance(node, Block):
+            return [p for layer in node.layers for p in walk(layer)] + walk(node.filters)
+        if isinstance(node, Residual):
+            return walk(node.layer)
+        if isinstance(node, tuple):
+            return [p for item in node for p in walk(item)]
+        if hasattr(node, "__dataclass_fields__"):
+            return [p for name in node.__dataclass_fields__ for p in walk(getattr(node, name))]
+        return []
+
+    walk(space.blocks)
+    if len(found) != space.num_decisions:
+        raise AssertionError(f"{space.name}: the hierarchy walk found {len(found)} decisions")
+    return found
+
+
+class CategoricalPolicy:
+    """One categorical distribution per decision over its options, logits starting at 0."""
+
+    def __init__(self, space: SearchSpace, device: torch.device | str = "cpu"):
+        self.space = space
+        sizes = torch.tensor([d.num_choices for d in space.decisions])
+        width = int(sizes.max())
+        self.sizes = sizes.to(device)
+        self.valid = (torch.arange(width)[None, :] < sizes[:, None]).to(device)
+        self.logits = torch.zeros(len(sizes), width, dtype=torch.float64, device=device)
+        self.is_op = torch.tensor([d.tag == OP for d in space.decisions], device=device)
+        self.is_filter = torch.tensor([d.tag == FILTERS for d in space.decisions], device=device)
+        chains = ancestors(space)
+        depth = max(1, max(len(c) for c in chains))
+        self.cond_pos = torch.zeros(len(chains), depth, dtype=torch.long)
+        self.cond_val = torch.full((len(chains), depth), -1, dtype=torch.long)
+        for d, chain in enumerate(chains):
+            for j, (position, option) in enumerate(chain):
+                self.cond_pos[d, j], self.cond_val[d, j] = position, option
+        self.cond_pos, self.cond_val = self.cond_pos.to(device), self.cond_val.to(device)
+
+    # ---------------------------------------------------------------- distribution
+    def log_probs(self) -> torch.Tensor:
+        """(D, C) log-probabilities; invalid options are -inf."""
+        return self.logits.masked_fill(~self.valid, -math.inf).log_softmax(dim=1)
+
+    def probs(self) -> torch.Tensor:
+        return self.log_probs().exp()
+
+    def sample(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(num, D) indices drawn independently per decision."""
+        probs = self.probs().float().cpu()
+        flat = torch.multinomial(
+            probs.repeat(num, 1), 1, replacement=True, generator=generator
+        ).view(num, -1)
+        return flat.to(self.logits.device)
+
+    def argmax(self) -> torch.Tensor:
+        return self.logits.masked_fill(~self.valid, -math.inf).argmax(dim=1)
+
+    def active(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, D) bool: decisions whose enclosing choices all select them."""
+        chosen = indices[:, self.cond_pos]  # (B, D, depth)
+        ok = (chosen == self.cond_val) | (self.cond_val < 0)
+        return ok.all(dim=2)
+
+    def log_prob(self, indices: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) hierarchical log π(arch): the sum over active (and `counted`) decisions."""
+        mask = self.active(indices) if counted is None else counted
+        picked = self.log_probs().gather(1, indices.T).T  # (B, D)
+        return (picked * mask).sum(dim=1)
+
+    def node_entropy(self) -> torch.Tensor:
+        logp = self.log_probs()
+        return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(dim=1)
+
+    def entropy(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B,) hierarchical entropy: per-node entropies summed over active decisions."""
+        return (self.node_entropy()[None, :] * self.active(indices)).sum(dim=1)
+
+    # ---------------------------------------------------------------- gradients
+    def loss_gradients(
+        self,
+        indices: torch.Tensor,
+        advantages: torch.Tensor,
+        counted: torch.Tensor,
+        entropy_coefficient: float = 0.0,
+    ) -> torch.Tensor:
+        """(B, D, C) gradient of each architecture's loss −A·log π(a) − c·H(a) w.r.t. the
+        logits, counting only `counted` decisions (active and not replaced by a warmup)."""
+        logp = self.log_probs()
+        p = logp.exp()
+        onehot = torch.zeros(len(indices), *self.logits.shape, dtype=p.dtype, device=p.device)
+        onehot.scatter_(2, indices.unsqueeze(2), 1.0)
+        mask = counted.to(p.dtype).unsqueeze(2)
+        grad = -advantages.to(p.dtype)[:, None, None] * (onehot - p) * mask
+        if entropy_coefficient:
+            h = self.node_entropy()
+            dh = -p * (logp.nan_to_num(neginf=0.0) + h[:, None])  # ∂H_d/∂logits_d
+            grad = grad - entropy_coefficient * dh * mask
+        return grad * self.valid
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"logits": self.logits.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.logits.copy_(state["logits"])
+
+
+class PolicyAdam:
+    """Adam over the logits with per-architecture gradients g_k (§3.6):
+    m ← β1·m + (1−β1)·mean_k g_k;  v ← β2·v + (1−β2)·mean_k g_k² ("per_arch", TuNAS's
+    cross-replica form) or (mean_k g_k)² ("mean", standard Adam on the averaged gradient).
+    Moments update even when lr is 0 (the RL delay)."""
+
+    def __init__(
+        self,
+        shape: torch.Size,
+        beta1: float = 0.0,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        second_moment: str = "per_arch",
+        device: torch.device | str = "cpu",
+    ):
+        if second_moment not in ("per_arch", "mean"):
+            raise ValueError("second_moment must be per_arch or mean")
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.second_moment = second_moment
+        self.m = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.v = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.t = 0
+
+    def step(self, logits: torch.Tensor, grads: torch.Tensor, lr: float) -> None:
+        """`grads` is (B, *shape): one gradient per architecture of the step."""
+        self.t += 1
+        mean = grads.mean(dim=0)
+        square = (grads * grads).mean(dim=0) if self.second_moment == "per_arch" else mean**2
+        self.m.mul_(self.beta1).add_(mean, alpha=1 - self.beta1)
+        self.v.mul_(self.beta2).add_(square, alpha=1 - self.beta2)
+        m_hat = self.m / (1 - self.beta1**self.t)
+        v_hat = self.v / (1 - self.beta2**self.t)
+        logits.sub_(lr * m_hat / (v_hat.sqrt() + self.eps))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"m": self.m.clone(), "v": self.v.clone(), "t": self.t}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.m.copy_(state["m"])
+        self.v.copy_(state["v"])
+        self.t = int(state["t"])
+
+
+def apply_warmup(
+    policy: CategoricalPolicy,
+    indices: torch.Tensor,
+    p_op: float,
+    p_filter: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per node, independently (§5, §11.4): with probability `p_op` an op node runs *mixed*
+    (the uniform average of its branches); with probability `p_filter` a filter node takes its
+    largest choice. Returns (indices, mixed, replaced); replaced nodes carry no log-prob."""
+    shape = indices.shape
+    u_op = torch.rand(shape, generator=generator).to(indices.device)
+    u_filter = torch.rand(shape, generator=generator).to(indices.device)
+    mixed = (u_op < p_op) & policy.is_op
+    widest = (u_filter < p_filter) & policy.is_filter
+    indices = torch.where(widest, (policy.sizes - 1).expand(shape), indices)
+    return indices, mixed, mixed | widest

@@ -1,0 +1,349 @@
+"""One TuNAS search step and its state (tunas.md §3): sample K architectures, update the shared
+weights on the train batch, score each child on a held-out valid batch, update the policy.
+
+K = `archs_per_rank` × ranks architectures per step (TuNAS: one per replica, 32 per 4096
+images). The global train batch is split evenly over them; each architecture's valid batch is
+`rl_batch_size_multiplier` times its train slice. Every rank draws the same K architectures
+from a generator keyed by (seed, step) and trains its own; gradients are averaged over all K, so
+shared weights and policy stay identical across ranks with one all-reduce of gradients and one
+all-gather of rewards per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nascli.cost.models import CostModel
+from nascli.data.augment import keyed_generator
+from nascli.data.source import DataSource
+from nascli.errors import NascliError
+from nascli.nn.supernet import Sample, Supernet
+from nascli.search.policy import CategoricalPolicy, PolicyAdam, apply_warmup
+from nascli.search.rewards import (
+    REWARDS,
+    EmaBaseline,
+    policy_learning_rate,
+    reward,
+    warmup_probability,
+)
+from nascli.space.schema import Zero
+from nascli.space.spaces import SearchSpace
+from nascli.train.distributed import Context
+from nascli.train.optim import build_optimizer, learning_rate
+
+#: TuNAS's latency targets on its simulated Pixel-1 (§4): MnasNet/ProxylessNAS-Mobile and
+#: MobileNetV3-Large.
+PIXEL1_TARGETS_MS = {"proxylessnas": 84.0, "proxylessnas_enlarged": 84.0, "mnv3": 57.0}
+
+
+@dataclass(frozen=True)
+class TunasSettings:
+    """The `strategy=tunas` config group (see conf/strategy/tunas.yaml for each field)."""
+
+    name: str = "tunas"
+    reward: str = "abs"
+    cost_exponent: float = -0.1
+    baseline_momentum: float = 0.95
+    policy_lr_per_256: float = 0.0003
+    policy_lr: float | None = None
+    policy_adam_beta1: float = 0.0
+    policy_adam_beta2: float = 0.999
+    policy_adam_epsilon: float = 1e-8
+    policy_second_moment: str = "per_arch"
+    rl_delay_fraction: float = 0.25
+    op_warmup_fraction: float = 0.25
+    filter_warmup_fraction: float = 0.25
+    rl_batch_size_multiplier: float = 4.0
+    entropy_coefficient: float = 0.0
+    archs_per_rank: int = 1
+    log_every: int = 1
+    checkpoint_every: int = 50
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> TunasSettings:
+        values = dict(cfg)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise NascliError(f"unknown strategy option(s) for tunas: {', '.join(unknown)}")
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.reward not in REWARDS:
+            raise NascliError(f"strategy.reward={self.reward!r}: choose {', '.join(REWARDS)}")
+        if max(self.op_warmup_fraction, self.filter_warmup_fraction) > self.rl_delay_fraction:
+            # §5: the warmups' log-prob bookkeeping is exact only if they end before RL starts.
+            raise NascliError(
+                "op/filter warmup fractions must not exceed strategy.rl_delay_fraction"
+            )
+        if self.archs_per_rank < 1 or self.rl_batch_size_multiplier <= 0:
+            raise NascliError("strategy.archs_per_rank and rl_batch_size_multiplier must be > 0")
+        if self.policy_second_moment not in ("per_arch", "mean"):
+            raise NascliError("strategy.policy_second_moment: choose per_arch or mean")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StepRecord:
+    """What one step measured, for the log."""
+
+    step: int
+    lr: float
+    policy_lr: float
+    p_op: float
+    p_filter: float
+    train_loss: float
+    quality: list[float]
+    cost: list[float]
+    rewards: list[float]
+    baseline: float
+    advantages: list[float]
+    entropy: float
+    indices: list[list[int]]
+
+
+class Batches:
+    """An endless, resumable stream of one split's batches: epoch e, step i at stream step t."""
+
+    def __init__(self, data: DataSource, split: str, batch: int, ctx: Context, seed: int, augment):
+        self.data, self.split, self.batch, self.ctx = data, split, batch, ctx
+        self.seed, self.augment = seed, augment
+        self.per_epoch = data.steps_per_epoch(batch, split)
+        self._iterator = None
+        self._next = -1
+
+    def get(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if t != self._next:
+            epoch, start = divmod(t, self.per_epoch)
+            self._iterator = self.data.batches(
+                self.split, self.seed, epoch, start, self.batch, self.ctx.rank, self.ctx.world,
+                augment=self.augment,
+            )  # fmt: skip
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self._next = -1
+            return self.get(t)
+        self._next = t + 1
+        return batch
+
+
+class TunasSearch:
+    """The search state (supernet, optimisers, policy, baseline) and one step of it."""
+
+    def __init__(
+        self,
+        supernet: Supernet,
+        train_cfg: Any,
+        settings: TunasSettings,
+        data: DataSource,
+        cost_model: CostModel,
+        target: float | None,
+        ctx: Context,
+        seed: int,
+    ):
+        self.settings, self.ctx, self.seed = settings, ctx, seed
+        self.train_cfg = train_cfg
+        self.net = supernet.to(ctx.device)
+        self.space = supernet.space
+        self.cost_model, self.target = cost_model, target
+        self.archs = settings.archs_per_rank * ctx.world
+        if train_cfg.batch_size % self.archs:
+            raise NascliError(
+                f"train.batch_size={train_cfg.batch_size} must split evenly over the "
+                f"{self.archs} architectures of a step (archs_per_rank × ranks)"
+            )
+        self.per_arch = train_cfg.batch_size // self.archs
+        self.valid_per_arch = max(1, round(self.per_arch * settings.rl_batch_size_multiplier))
+        self.data = data.to(ctx.device)
+        self.train_batches = Batches(data, "train", train_cfg.batch_size, ctx, seed, True)
+        valid_batch = self.valid_per_arch * self.archs
+        if data.sizes.get("valid", 0) < valid_batch:
+            raise NascliError(
+                f"the reward batch needs {valid_batch} valid images (train.batch_size × "
+                f"strategy.rl_batch_size_multiplier) but {data.name} holds "
+                f"{data.sizes.get('valid', 0)}; lower one of them or raise data.valid_fraction"
+            )
+        self.valid_batches = Batches(data, "valid", valid_batch, ctx, seed, False)
+        self.steps_per_epoch = self.train_batches.per_epoch
+        self.total_steps = self.steps_per_epoch * train_cfg.epochs
+        self.peak_lr = train_cfg.lr_per_256 * train_cfg.batch_size / 256
+        self.warmup_steps = round(train_cfg.warmup_fraction * self.total_steps)
+        # Weight decay is applied by hand to the active slices only (§2): none in the optimiser.
+        self.weight_decay = train_cfg.weight_decay
+        self.optimizer = build_optimizer(self.net, train_cfg, self.peak_lr, weight_decay=0.0)
+        self.policy = CategoricalPolicy(self.space, ctx.device)
+        self.policy_adam = PolicyAdam(
+            self.policy.logits.shape,
+            settings.policy_adam_beta1,
+            settings.policy_adam_beta2,
+            settings.policy_adam_epsilon,
+            settings.policy_second_moment,
+            ctx.device,
+        )
+        base = settings.policy_lr
+        if base is None:
+            base = settings.policy_lr_per_256 * train_cfg.batch_size / 256
+        self.policy_base_lr = base
+        self.baseline = EmaBaseline(settings.baseline_momentum)
+        self.step = 0
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "supernet": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "policy": self.policy.state_dict(),
+            "policy_adam": self.policy_adam.state_dict(),
+            "baseline": self.baseline.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["supernet"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.policy.load_state_dict(state["policy"])
+        self.policy_adam.load_state_dict(state["policy_adam"])
+        self.baseline.load_state_dict(state["baseline"])
+        torch.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    # ------------------------------------------------------------------ one step
+    def sample(self, step: int, p_op: float, p_filter: float):
+        """The step's K architectures, identical on every rank (keyed by seed and step)."""
+        generator = keyed_generator(self.seed, step, 7)
+        indices = self.policy.sample(self.archs, generator)
+        return apply_warmup(self.policy, indices, p_op, p_filter, generator)
+
+    def train_step(self) -> StepRecord:
+        s, t, S = self.settings, self.step, self.total_steps
+        lr = learning_rate(t, S, self.peak_lr, self.warmup_steps, self.train_cfg.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        policy_lr = policy_learning_rate(t, S, self.policy_base_lr, s.rl_delay_fraction)
+        p_op = warmup_probability(t, S, s.op_warmup_fraction)
+        p_filter = warmup_probability(t, S, s.filter_warmup_fraction)
+        indices, mixed, replaced = self.sample(t, p_op, p_filter)
+        mine = range(self.ctx.rank * s.archs_per_rank, (self.ctx.rank + 1) * s.archs_per_rank)
+        samples = {k: Sample(indices[k].tolist(), mixed[k].tolist()) for k in mine}
+
+        # 1. Shared weights: each local architecture on its slice of the train batch; the
+        # gradient is the mean over all K architectures of CE + (wd/2)·Σ(active kernels)².
+        images, labels = self.train_batches.get(t)
+        self.net.train()
+        loss_sum = torch.zeros((), device=self.ctx.device)
+        for j, k in enumerate(mine):
+            part = slice(j * self.per_arch, (j + 1) * self.per_arch)
+            logits = self.net(images[part], samples[k])
+            loss = F.cross_entropy(
+                logits, labels[part], label_smoothing=self.train_cfg.label_smoothing
+            )
+            (loss / self.archs).backward()
+            loss_sum += loss.detach()
+            if self.weight_decay:
+                with torch.no_grad():
+                    for weight, index in self.net.active_decay():
+                        weight.grad[index].add_(weight[index], alpha=self.weight_decay / self.archs)
+        self._average_gradients()
+        if self.train_cfg.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.train_cfg.grad_clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        # 2. Rewards on the held-out valid batch, batch statistics in BN (§11.2).
+        valid_images, valid_labels = self.valid_batches.get(t)
+        correct = torch.zeros(len(mine), device=self.ctx.device)
+        with torch.no_grad():
+            for j, k in enumerate(mine):
+                part = slice(j * self.valid_per_arch, (j + 1) * self.valid_per_arch)
+                predicted = self.net(valid_images[part], samples[k]).argmax(1)
+                correct[j] = (predicted == valid_labels[part]).float().mean()
+        quality = torch.cat(self.ctx.all_gather(correct)).double().cpu()
+        train_loss = float(self.ctx.all_reduce(loss_sum.reshape(1)).item()) / self.archs
+        cost = self.cost_model(indices.cpu()).double()
+        rewards = reward(quality, cost, self.target, s.reward, s.cost_exponent)
+
+        # 3. Baseline (updated first, §11.6), advantages, policy step (Adam moments update even
+        # while the RL delay keeps lr at 0).
+        baseline = self.baseline.update(float(rewards.mean()))
+        advantages = rewards - baseline
+        counted = self.policy.active(indices) & ~replaced
+        grads = self.policy.loss_gradients(
+            indices, advantages.to(self.ctx.device), counted, s.entropy_coefficient
+        )
+        self.policy_adam.step(self.policy.logits, grads, policy_lr)
+        entropy = float(self.policy.entropy(indices).mean())
+        self.step += 1
+        return StepRecord(
+            step=t,
+            lr=lr,
+            policy_lr=policy_lr,
+            p_op=p_op,
+            p_filter=p_filter,
+            train_loss=train_loss,
+            quality=quality.tolist(),
+            cost=cost.tolist(),
+            rewards=rewards.tolist(),
+            baseline=baseline,
+            advantages=advantages.tolist(),
+            entropy=entropy,
+            indices=indices.tolist(),
+        )
+
+    def _average_gradients(self) -> None:
+        """Sum gradients over ranks. A parameter no rank used keeps no gradient, so the
+        optimiser leaves it (and its momentum) untouched, as TuNAS's unexecuted branches."""
+        if self.ctx.world == 1:
+            return
+        params = list(self.net.parameters())
+        used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+        used = self.ctx.all_reduce(used.to(self.ctx.device)).cpu() > 0
+        chosen = [p for p, u in zip(params, used.tolist(), strict=True) if u]
+        flat = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in chosen]
+        )
+        self.ctx.all_reduce(flat)
+        offset = 0
+        for p in chosen:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    def final_indices(self) -> list[int]:
+        """The argmax of every decision's logits (§8, §9)."""
+        return self.policy.argmax().tolist()
+
+
+def default_target(cost_name: str, space_name: str, target: float | None) -> float | None:
+    """`cost.target`, or TuNAS's Pixel-1 target of the space for `cost=tunas_pixel1`."""
+    if target is not None:
+        return float(target)
+    if cost_name == "tunas_pixel1":
+        return PIXEL1_TARGETS_MS[space_name]
+    return None
+
+
+def option_label(value: Any) -> str:
+    """A short name for a decision's option: its value, or `layer` / `zero`."""
+    if isinstance(value, (bool, int, float)):
+        return str(value)
+    return "zero" if isinstance(value, Zero) else "layer"
+
+
+def probability_columns(space: SearchSpace, probs: torch.Tensor) -> dict[str, float]:
+    """`p/<decision path>/<option>` for every searched decision."""
+    return {
+        f"p/{d.path}/{option_label(value)}": float(probs[d.position, option])
+        for d in space.decisions
+        if d.num_choices > 1
+        for option, value in enumerate(d.choices)
+    }

@@ -1,0 +1,183 @@
+"""Benchmark: the cost of a TuNAS search step against training the same child alone.
+
+For N sampled architectures (after the warmups: plain policy samples), one search step (sample,
+shared-weight train step, reward pass on the 4× valid batch, cost model, policy update) is timed,
+then the same child, extracted as a standalone model with the supernet's weights, does a train
+step on the same train batch and a forward pass on the same valid batch with the same optimiser.
+Target: median search step ≤ 1.15× the median standalone step + eval pass.
+
+Memory: peak resident memory above the after-start-up baseline of a process running search steps
+vs one training the largest child of the space alone (all widths, expansions and kernels at
+their maximum, no skips), each in a fresh subprocess. Target: ≤ 1.5×.
+
+    python scripts/bench_search.py [--space proxylessnas] [--archs 20] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from nascli.config import CostConfig, DataConfig, TrainConfig
+from nascli.cost.models import make_cost_model
+from nascli.data import load_data
+from nascli.nn.supernet import Supernet
+from nascli.report.machine import machine_line
+from nascli.search.tunas import TunasSearch, TunasSettings
+from nascli.space.arch import get_space
+from nascli.space.network import NetworkSettings
+from nascli.train.distributed import Context
+from nascli.train.optim import build_optimizer
+
+
+def make_search(space_name: str, batch: int, epochs: int = 20) -> TunasSearch:
+    data_cfg = OmegaConf.merge(
+        OmegaConf.structured(DataConfig),
+        {"name": "mnist", "resolution": 32, "num_classes": 10, "in_channels": 1},
+        {"valid_fraction": 0.2, "test_fraction": 0.2, "crop_padding": 2, "flip": False},
+    )
+    train_cfg = OmegaConf.merge(
+        OmegaConf.structured(TrainConfig),
+        {"name": "bench", "batch_size": batch, "epochs": epochs, "lr_per_256": 0.1},
+        {"weight_decay": 5e-5, "label_smoothing": 0.1},
+    )
+    space = get_space(space_name)
+    settings = NetworkSettings(resolution=32, num_classes=10, in_channels=1)
+    cost_cfg = OmegaConf.merge(OmegaConf.structured(CostConfig), {"name": "tunas_pixel1"})
+    torch.manual_seed(0)
+    # No warmups and no delay: every measured step is a plain sample of the policy.
+    strategy = TunasSettings(
+        rl_delay_fraction=0.0, op_warmup_fraction=0.0, filter_warmup_fraction=0.0
+    )
+    return TunasSearch(
+        Supernet(space, settings),
+        train_cfg,
+        strategy,
+        load_data(data_cfg),
+        make_cost_model(cost_cfg, space, settings),
+        84.0,
+        Context(0, 1, torch.device("cpu")),
+        seed=0,
+    )
+
+
+def standalone_step(search: TunasSearch, indices: list[int], t: int) -> float:
+    """Train step + valid forward of the extracted child on step t's batches."""
+    model = search.net.extract(indices).train()
+    optimizer = build_optimizer(model, search.train_cfg, search.peak_lr)
+    images, labels = search.train_batches.get(t)
+    valid_images, _ = search.valid_batches.get(t)
+    start = time.perf_counter()
+    loss = F.cross_entropy(model(images), labels, label_smoothing=0.1)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        model(valid_images).argmax(1)
+    return time.perf_counter() - start
+
+
+def time_steps(space: str, archs: int, batch: int) -> list[tuple[float, float]]:
+    search = make_search(space, batch)
+    for _ in range(3):  # warm-up of the allocator and kernels
+        search.train_step()
+    pairs = []
+    for _ in range(archs):
+        t = search.step
+        start = time.perf_counter()
+        record = search.train_step()
+        seconds = time.perf_counter() - start
+        pairs.append((seconds, standalone_step(search, record.indices[0], t)))
+    return pairs
+
+
+def largest_child(space_name: str) -> list[int]:
+    space = get_space(space_name)
+    out = []
+    for d in space.decisions:
+        if d.path.endswith(".op") and d.num_choices == 2:
+            out.append(0)  # the layer, not Zero
+        else:
+            out.append(d.num_choices - 1)  # kernel 7, largest expansion and width, SE on
+    return out
+
+
+def memory_worker(kind: str, space: str, batch: int, steps: int) -> None:
+    """Runs in a subprocess: prints peak RSS growth (MiB) over the post-setup baseline."""
+    search = make_search(space, batch)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if kind == "search":
+        for _ in range(steps):
+            search.train_step()
+    else:
+        indices = largest_child(space)
+        for t in range(steps):
+            standalone_step(search, indices, t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"growth_mib": (peak - baseline) / 1024}))
+
+
+def memory_growth(kind: str, space: str, batch: int, threads: int, steps: int = 8) -> float:
+    command = [
+        sys.executable, __file__, "--worker", kind, "--space", space, "--batch", str(batch),
+        "--threads", str(threads), "--steps", str(steps),
+    ]  # fmt: skip
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["growth_mib"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default="proxylessnas")
+    parser.add_argument("--archs", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--worker", choices=("search", "alone"), default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.worker:
+        memory_worker(args.worker, args.space, args.batch, args.steps)
+        return
+
+    console = Console()
+    pairs = time_steps(args.space, args.archs, args.batch)
+    search_ms = statistics.median(s for s, _ in pairs) * 1e3
+    alone_ms = statistics.median(a for _, a in pairs) * 1e3
+    ratios = [s / a for s, a in pairs]
+    search_mem = memory_growth("search", args.space, args.batch, args.threads, args.steps)
+    alone_mem = memory_growth("alone", args.space, args.batch, args.threads, args.steps)
+
+    table = Table(
+        title=f"TuNAS search step vs the child alone · {args.space} · batch {args.batch} "
+        f"(+{4 * args.batch} valid) · 32×32 digits · {args.archs} archs · {args.threads} threads",
+        title_justify="left",
+    )
+    for column in ("", "median ms / step", "peak memory growth"):
+        table.add_column(column, justify="right")
+    table.add_row("search step (sample, train, reward, policy)", f"{search_ms:.0f}",
+                  f"{search_mem:.0f} MiB")  # fmt: skip
+    table.add_row("child alone (train + valid forward)", f"{alone_ms:.0f}",
+                  f"{alone_mem:.0f} MiB (largest child)")  # fmt: skip
+    table.add_row("ratio", f"{search_ms / alone_ms:.3f}", f"{search_mem / alone_mem:.2f}")
+    console.print(table)
+    console.print(
+        f"per-architecture ratios: median {statistics.median(ratios):.3f}, "
+        f"min {min(ratios):.3f}, max {max(ratios):.3f} · targets ≤ 1.15 (time), ≤ 1.5 (memory)"
+    )
+    console.print(machine_line())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""`nascli search strategy=tunas`: the search step, exact resume, DDP, outputs, targets."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from nascli.config import CostConfig, DataConfig, TrainConfig
+from nascli.cost.models import make_cost_model
+from nascli.data import load_data
+from nascli.nn.supernet import Supernet
+from nascli.search.tunas import TunasSearch, TunasSettings
+from nascli.space.network import NetworkSettings
+from nascli.space.spaces import SPACES
+from nascli.train.distributed import Context
+
+# Seconds per step on 2 cores: 16×16 synthetic images, a quarter of the widths.
+TINY = [
+    "data=synthetic",
+    "data.num_samples=256",
+    "data.resolution=16",
+    "data.in_channels=1",
+    "data.num_classes=4",
+    "data.valid_fraction=0.3",
+    "space.width_multiplier=0.25",
+    "train.batch_size=16",
+    "train.epochs=1",
+]
+
+
+def tiny_search(seed=0, **strategy) -> TunasSearch:
+    data_cfg = OmegaConf.merge(
+        OmegaConf.structured(DataConfig),
+        {"name": "synthetic", "num_samples": 256, "resolution": 16, "in_channels": 1},
+        {"num_classes": 4, "valid_fraction": 0.3},
+    )
+    train_cfg = OmegaConf.merge(
+        OmegaConf.structured(TrainConfig),
+        {"name": "t", "batch_size": 16, "epochs": 2, "lr_per_256": 0.5, "weight_decay": 1e-3},
+    )
+    space = SPACES["mnv3"]
+    settings = NetworkSettings(resolution=16, num_classes=4, in_channels=1, width_multiplier=0.25)
+    cost_cfg = OmegaConf.merge(OmegaConf.structured(CostConfig), {"name": "tunas_pixel1"})
+    torch.manual_seed(seed)
+    ctx = Context(0, 1, torch.device("cpu"))
+    strategy = {"policy_lr": 0.1, "archs_per_rank": 2, **strategy}
+    return TunasSearch(
+        Supernet(space, settings),
+        train_cfg,
+        TunasSettings(**strategy),
+        load_data(data_cfg),
+        make_cost_model(cost_cfg, space, settings),
+        57.0,
+        ctx,
+        seed=seed,
+    )
+
+
+def test_resume_from_a_saved_state_is_exact():
+    straight = tiny_search()
+    total = straight.total_steps
+    assert total >= 10
+    for _ in range(total):
+        straight.train_step()
+
+    first = tiny_search()
+    for _ in range(total // 2):
+        first.train_step()
+    state = first.state()
+    second = tiny_search(seed=0)
+    torch.manual_seed(123)  # the resumed run must not depend on the process's RNG
+    second.load_state(state)
+    while second.step < total:
+        second.train_step()
+    assert torch.equal(second.policy.logits, straight.policy.logits)
+    expected = straight.net.state_dict()
+    for name, value in second.net.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_the_step_trains_weights_and_moves_the_policy_only_after_the_delay():
+    search = tiny_search(rl_delay_fraction=0.5, op_warmup_fraction=0.5, filter_warmup_fraction=0.5)
+    before = {k: v.clone() for k, v in search.net.state_dict().items()}
+    records = []
+    while search.step < search.total_steps:
+        logits = search.policy.logits.clone()
+        records.append(search.train_step())
+        moved = not torch.equal(logits, search.policy.logits)
+        assert moved == (records[-1].policy_lr > 0)
+    delay = search.total_steps // 2
+    assert [r.policy_lr > 0 for r in records] == [t >= delay for t in range(search.total_steps)]
+    assert records[0].p_op == 1.0 and records[delay].p_op == 0.0
+    changed = [k for k, v in search.net.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed
+    assert all(len(r.quality) == 2 and min(r.quality) >= 0 for r in records)
+
+
+def test_a_search_run_writes_its_outputs_and_build_takes_the_run_dir(run_cli, tmp_path):
+    out = tmp_path / "search"
+    result = run_cli("search", *TINY, "strategy.log_every=2", f"out={out}")
+    assert result.exit_code == 0, result.output
+    assert "searched architecture" in result.output
+    arch = json.loads((out / "arch.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert arch["space"] == "proxylessnas" and arch["indices"] == summary["indices"]
+    assert summary["target"] == 84.0 and summary["cost_units"] == "ms"
+    assert arch["search"]["cost"] == pytest.approx(summary["cost"])
+    log = pd.read_csv(out / "search_log.csv")
+    steps = summary["steps"]
+    assert list(log["step"]) == list(range(0, steps, 2)) + ([steps - 1] if steps % 2 == 0 else [])
+    for column in ("reward", "baseline", "advantage", "quality", "cost", "lr", "policy_lr"):
+        assert log[column].notna().all(), column
+    probs = [c for c in log.columns if c.startswith("p/")]
+    assert len(probs) == sum(
+        d.num_choices for d in SPACES["proxylessnas"].decisions if d.num_choices > 1
+    )
+    assert (out / "plots" / "search_curves.png").stat().st_size > 0
+    assert (out / "plots" / "policy_heatmap.png").stat().st_size > 0
+    assert (out / "last.pt").exists()
+
+    # Rerunning the finished search only re-reports, from the checkpoint.
+    again = run_cli("search", *TINY, "strategy.log_every=2", f"out={out}")
+    assert again.exit_code == 0 and f"resuming from step {steps}" in again.output
+    assert json.loads((out / "summary.json").read_text())["indices"] == summary["indices"]
+
+    build = run_cli("build", f"arch={out}", *TINY[:5], f"out={tmp_path / 'build'}")
+    assert build.exit_code == 0, build.output
+    assert json.loads((tmp_path / "build" / "arch.json").read_text())["indices"] == arch["indices"]
+
+
+def test_bad_strategy_options_are_one_line_errors(run_cli, tmp_path):
+    result = run_cli("search", *TINY, "+strategy.bogus=1", f"out={tmp_path / 'x'}")
+    assert result.exit_code != 0
+    assert "unknown strategy option(s) for tunas: bogus" in result.output
+    result = run_cli("search", *TINY, "cost=macs", f"out={tmp_path / 'y'}")
+    assert result.exit_code != 0 and "set cost.target=" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_sample_different_archs_and_stay_identical(tmp_path):
+    """2 gloo ranks × 1 architecture per step; equal to one process with 2 per step."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = [*TINY, "train.epochs=2", "strategy.policy_lr=0.1", "strategy.rl_delay_fraction=0.5"]
+    ddp = tmp_path / "ddp"
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "nascli",
+         "search", *common, "strategy.archs_per_rank=1", f"out={ddp}"],
+        check=True, env=env, capture_output=True, timeout=600,
+    )  # fmt: skip
+    single = tmp_path / "single"
+    subprocess.run(
+        [sys.executable, "-m", "nascli", "search", *common, "strategy.archs_per_rank=2",
+         f"out={single}"],
+        check=True, env=env, capture_output=True, timeout=600,
+    )  # fmt: skip
+    summary = json.loads((ddp / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert len(set(summary["replica_checksums"])) == 1  # supernet and policy agree exactly
+    log = pd.read_csv(ddp / "search_log.csv")
+    pairs = [row.split(";") for row in log["indices"]]
+    assert all(len(p) == 2 for p in pairs) and any(a != b for a, b in pairs)
+    # Until the policy moves, the two runs sample the same architectures. Their losses agree up
+    # to float summation order; this tiny net (8 images per BN) amplifies that rounding by about
+    # 10× per step, so the first steps are compared tightly.
+    other = pd.read_csv(single / "search_log.csv")
+    frozen = log["policy_lr"] == 0
+    assert frozen.sum() >= 3
+    assert list(other["indices"][frozen]) == list(log["indices"][frozen])
+    torch.testing.assert_close(
+        torch.tensor(log["train_loss"][:4].to_numpy()),
+        torch.tensor(other["train_loss"][:4].to_numpy()),
+        rtol=1e-5,
+        atol=0,
+    )
