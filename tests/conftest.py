@@ -18,7 +18,7 @@ def run_cli(tmp_path):
         args = list(args)
         if (
             args
-            and args[0] in ("build", "retrain", "profile-latency")
+            and args[0] in ("build", "retrain", "profile-latency", "search")
             and not any(a.startswith("out=") for a in args)
         ):
             args.append(f"out={tmp_path / 'run'}")

@@ -145,7 +145,7 @@ def _garbage(tmp_path):
         (MOBILE.replace("0:0:0:1", "0:7:0:1", 1), "index 7 at position 1 (b1.0.kernel)"),
         ("mobilenet_v2", "it is in: proxylessnas_enlarged"),
         ("resnet50", "unknown reference 'resnet50'"),
-        (_bad_json, "expected 'proxylessnas'"),
+        (_bad_json, "space mnv3 needs 86 indices, got 1"),  # the file's own space
         (_garbage, "cannot read architecture"),
         ("missing/arch.json", "not found"),
     ],
@@ -163,10 +163,11 @@ def test_build_without_arch_explains_what_to_pass(run_cli):
     assert result.exit_code == 2 and "arch=" in result.output
 
 
-@pytest.mark.parametrize("command", ["search", "random-baseline"])
-def test_commands_not_yet_available_say_so_and_fail(run_cli, command):
-    result = run_cli(command)
+def test_commands_not_yet_available_say_so_and_fail(run_cli, tmp_path):
+    result = run_cli("random-baseline", f"out={tmp_path / 'r'}")
     assert result.exit_code != 0 and "not available" in result.output
+    result = run_cli("search", "strategy=zen", f"out={tmp_path / 'z'}")
+    assert result.exit_code != 0 and "strategy=zen is not available" in result.output
 
 
 def test_errors_from_a_real_process_have_no_traceback(tmp_path):
