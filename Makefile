@@ -25,15 +25,17 @@ lint: setup  ## ruff check + format check
 test: lint  ## ruff, then the whole pytest suite (slow end-to-end tests included)
 	$(BIN)/pytest -x -q
 
-demo: setup  ## the spaces, MnasNet-B1 built at 224x224, ProxylessNAS-Mobile retrained on the digits
+demo: setup  ## the spaces; the default TuNAS search on the digits; build and retrain its result
 	$(BIN)/nascli spaces
-	$(BIN)/nascli build space=proxylessnas_enlarged arch=mnasnet_b1 data=imagenet out=runs/demo/build
-	$(BIN)/nascli retrain arch=proxylessnas_mobile out=runs/demo/retrain
+	$(BIN)/nascli search out=runs/demo/search
+	$(BIN)/nascli build arch=runs/demo/search out=runs/demo/build
+	$(BIN)/nascli retrain arch=runs/demo/search out=runs/demo/retrain
 
 bench: setup  ## benchmarks whose numbers the README quotes
 	$(BIN)/python scripts/bench_cost.py
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_latency.py --threads 1
+	$(BIN)/python scripts/bench_search.py
 
 clean:
 	rm -rf $(VENV) runs multirun .pytest_cache .ruff_cache

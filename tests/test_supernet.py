@@ -85,7 +85,9 @@ def test_weight_decay_covers_exactly_the_child_kernels(supernets, space):
         active = sum(float((w.detach()[index] ** 2).sum()) for w, index in net.active_decay())
         model = net.extract(indices)
         kernels = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
-        assert active == pytest.approx(sum(float((w**2).sum()) for w in kernels), rel=1e-6)
+        assert active == pytest.approx(
+            sum(float((w.detach() ** 2).sum()) for w in kernels), rel=1e-6
+        )
         assert len(net.active_decay()) == len(kernels)
 
 
