@@ -16,11 +16,13 @@ their maximum, no skips), each in a fresh subprocess. Target: ≤ 1.5×.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -40,13 +42,12 @@ from nascli.space.network import NetworkSettings
 from nascli.train.distributed import Context
 from nascli.train.optim import build_optimizer
 
+DATA = {"name": "mnist", "resolution": 32, "num_classes": 10, "in_channels": 1}
+DATA |= {"valid_fraction": 0.2, "test_fraction": 0.2, "crop_padding": 2, "flip": False}
+
 
 def make_search(space_name: str, batch: int, epochs: int = 20) -> TunasSearch:
-    data_cfg = OmegaConf.merge(
-        OmegaConf.structured(DataConfig),
-        {"name": "mnist", "resolution": 32, "num_classes": 10, "in_channels": 1},
-        {"valid_fraction": 0.2, "test_fraction": 0.2, "crop_padding": 2, "flip": False},
-    )
+    data_cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), DATA)
     train_cfg = OmegaConf.merge(
         OmegaConf.structured(TrainConfig),
         {"name": "bench", "batch_size": batch, "epochs": epochs, "lr_per_256": 0.1},
@@ -72,9 +73,11 @@ def make_search(space_name: str, batch: int, epochs: int = 20) -> TunasSearch:
     )
 
 
-def standalone_step(search: TunasSearch, indices: list[int], t: int) -> float:
+def standalone_step(
+    search: TunasSearch, indices: list[int], t: int, model: torch.nn.Module | None = None
+) -> float:
     """Train step + valid forward of the extracted child on step t's batches."""
-    model = search.net.extract(indices).train()
+    model = search.net.extract(indices).train() if model is None else model
     optimizer = build_optimizer(model, search.train_cfg, search.peak_lr)
     images, labels = search.train_batches.get(t)
     valid_images, _ = search.valid_batches.get(t)
@@ -113,19 +116,48 @@ def largest_child(space_name: str) -> list[int]:
     return out
 
 
+def current_rss_mib() -> float:
+    """Resident memory now (Linux: /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+class PeakRss:
+    """Samples the resident memory every millisecond in a thread; `.peak` is the largest seen."""
+
+    def __enter__(self) -> PeakRss:
+        self.peak = current_rss_mib()
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, current_rss_mib())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc) -> None:
+        self.running = False
+        self.thread.join()
+
+
 def memory_worker(kind: str, space: str, batch: int, steps: int) -> None:
-    """Runs in a subprocess: prints peak RSS growth (MiB) over the post-setup baseline."""
+    """Runs in a subprocess: prints the weights' size plus the peak resident memory (MiB) above
+    the level before the first step: optimiser state, gradients and activations of the run."""
     search = make_search(space, batch)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if kind == "search":
-        for _ in range(steps):
-            search.train_step()
-    else:
-        indices = largest_child(space)
+    model = search.net.extract(largest_child(space)).train() if kind == "alone" else None
+    net_mib = sum(p.numel() * p.element_size() for p in (model or search.net).parameters())
+    net_mib /= 2**20  # allocated before the baseline: added back
+    gc.collect()
+    baseline = current_rss_mib()
+    with PeakRss() as rss:
         for t in range(steps):
-            standalone_step(search, indices, t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"growth_mib": (peak - baseline) / 1024}))
+            if kind == "search":
+                search.train_step()
+            else:
+                standalone_step(search, [], t, model)
+    print(json.dumps({"growth_mib": rss.peak - baseline + net_mib}))
 
 
 def memory_growth(kind: str, space: str, batch: int, threads: int, steps: int = 8) -> float:

@@ -45,7 +45,12 @@ from nascli.space.schema import (
 )
 from nascli.space.spaces import SearchSpace, scale_filters
 
-_ACT = {"relu": F.relu, "swish6": F.hardswish, None: lambda x: x}
+# In place, as the standalone model's activations: they always follow a BN or a sum.
+_ACT = {
+    "relu": lambda x: F.relu(x, inplace=True),
+    "swish6": lambda x: F.hardswish(x, inplace=True),
+    None: lambda x: x,
+}
 
 
 @dataclass
