@@ -43,8 +43,10 @@ COMMANDS: dict[str, tuple[str, str | None, bool]] = {
         True,
     ),
     "random-baseline": (
-        "Latency-matched random search baseline (same as `search strategy=random`).",
-        None,
+        "Latency-matched random baseline (= `search strategy=random`): architectures sampled "
+        "uniformly inside a cost window, each trained with the same recipe, best on valid; "
+        "rerun with out=<run dir> to resume.",
+        "nascli.jobs.search",
         True,
     ),
     "profile-latency": (
@@ -84,7 +86,7 @@ def _job(name: str, module: str | None) -> Callable[[DictConfig], None]:
 
 
 # Commands whose defaults differ from the root config's (conf/<name>.yaml).
-ROOT_CONFIGS = {"search": "search", "random-baseline": "search"}
+ROOT_CONFIGS = {"search": "search", "random-baseline": "random_baseline"}
 
 
 def _register(name: str, help: str, module: str | None, writes: bool) -> None:

@@ -2,6 +2,12 @@
 
 
 class NascliError(Exception):
-    """Bad input from the user: the CLI prints the message on one line and exits with code 2."""
+    """Bad input or a failed job: the CLI prints the message on one line and exits with
+    `exit_code` (2 unless given)."""
 
     exit_code = 2
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code

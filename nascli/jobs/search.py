@@ -94,9 +94,16 @@ def write_log(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def run(cfg: DictConfig) -> None:
     name = cfg.strategy.name
-    if name != "tunas":
-        raise NascliError(f"strategy={name} is not available in this version; use strategy=tunas")
-    run_tunas(cfg)
+    if name == "tunas":
+        run_tunas(cfg)
+    elif name == "random":
+        from nascli.jobs.random_baseline import run_random
+
+        run_random(cfg)
+    else:
+        raise NascliError(
+            f"strategy={name} is not available in this version; use strategy=tunas or random"
+        )
 
 
 def run_tunas(cfg: DictConfig) -> None:

@@ -68,3 +68,32 @@ def probability_heatmap(path: Path, log: pd.DataFrame) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def accuracy_vs_cost(
+    path: Path,
+    costs: list[float],
+    accuracies: list[float],
+    units: str,
+    target: float | None,
+    best_number: int | None = None,
+    labels: list[str] | None = None,
+) -> None:
+    """One point per architecture (or run); the best starred, the target as a line."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(costs, accuracies, s=18)
+    if best_number is not None:
+        ax.scatter([costs[best_number]], [accuracies[best_number]], marker="*", s=160, c="C3",
+                   label="best")  # fmt: skip
+    for i, label in enumerate(labels or []):
+        ax.annotate(label, (costs[i], accuracies[i]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")  # fmt: skip
+    if target is not None:
+        ax.axvline(target, color="k", ls="--", lw=0.8, label="target")
+    ax.set_xlabel(f"cost ({units})")
+    ax.set_ylabel("valid top-1")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,112 @@
+"""The latency-matched random baseline (tunas.md §8, §11.13): architectures drawn uniformly per
+decision (TuNAS's sampler with all-zero logits), kept only if their cost lies in a window around
+the target, then each trained with the same short recipe and compared on `valid`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from nascli.cost.models import CostModel
+from nascli.errors import NascliError
+from nascli.space.arch import sample_indices
+from nascli.space.spaces import SearchSpace
+
+#: TuNAS's rejection windows under its Pixel-1 model (ms): 83–85 and 57–59 (§8).
+PIXEL1_WINDOWS_MS = {
+    "proxylessnas": (83.0, 85.0),
+    "proxylessnas_enlarged": (83.0, 85.0),
+    "mnv3": (57.0, 59.0),
+}
+
+
+@dataclass(frozen=True)
+class RandomSettings:
+    """The `strategy=random` config group (see conf/strategy/random.yaml)."""
+
+    name: str = "random"
+    num_samples: int = 4
+    min_cost: float | None = None
+    max_cost: float | None = None
+    window: float = 0.02
+    max_attempts: int = 1_000_000
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> RandomSettings:
+        values = dict(cfg)
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise NascliError(f"unknown strategy option(s) for random: {', '.join(unknown)}")
+        settings = cls(**values)
+        if settings.num_samples < 1 or settings.max_attempts < 1 or settings.window < 0:
+            raise NascliError("strategy.num_samples and max_attempts must be ≥ 1, window ≥ 0")
+        return settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cost_window(
+    settings: RandomSettings, cost_name: str, space_name: str, target: float | None
+) -> tuple[float, float]:
+    """[min_cost, max_cost]: explicit bounds, else TuNAS's Pixel-1 windows (when the target is
+    the paper's), else target·(1 ± window)."""
+    if settings.min_cost is not None and settings.max_cost is not None:
+        low, high = float(settings.min_cost), float(settings.max_cost)
+    elif target is None:
+        raise NascliError(
+            "the random baseline needs a cost window: set cost.target=<value> or "
+            "strategy.min_cost= and strategy.max_cost="
+        )
+    elif cost_name == "tunas_pixel1" and target in (84.0, 57.0) and settings.window == 0.02:
+        low, high = PIXEL1_WINDOWS_MS[space_name]
+    else:
+        low, high = target * (1 - settings.window), target * (1 + settings.window)
+    if settings.min_cost is not None and settings.max_cost is None:
+        low = float(settings.min_cost)
+    if settings.max_cost is not None and settings.min_cost is None:
+        high = float(settings.max_cost)
+    if low > high:
+        raise NascliError(f"empty cost window [{low:g}, {high:g}]")
+    return low, high
+
+
+def sample_in_window(
+    space: SearchSpace,
+    cost_model: CostModel,
+    num: int,
+    low: float,
+    high: float,
+    seed: int,
+    max_attempts: int,
+    chunk: int = 4096,
+) -> tuple[list[list[int]], list[float], int]:
+    """`num` architectures uniform per decision with low ≤ cost ≤ high, in the order drawn;
+    returns them, their costs and the attempts used. Gives up after `max_attempts` draws with
+    a message stating the cost range seen, never loops forever."""
+    generator = torch.Generator().manual_seed(seed)
+    kept: list[list[int]] = []
+    costs: list[float] = []
+    attempts = 0
+    seen_low, seen_high = float("inf"), float("-inf")
+    while True:
+        if attempts >= max_attempts:
+            raise NascliError(
+                f"found {len(kept)} of {num} architectures with cost in [{low:g}, {high:g}] "
+                f"{cost_model.units} after {attempts:,} draws; costs seen ranged "
+                f"{seen_low:.4g} to {seen_high:.4g}: widen the window or move cost.target"
+            )
+        size = min(chunk, max_attempts - attempts)
+        indices = sample_indices(space, size, generator)
+        values = cost_model(indices)
+        seen_low = min(seen_low, float(values.min()))
+        seen_high = max(seen_high, float(values.max()))
+        inside = ((values >= low) & (values <= high)).nonzero().flatten().tolist()
+        for i in inside:
+            kept.append(indices[i].tolist())
+            costs.append(float(values[i]))
+            if len(kept) == num:
+                return kept, costs, attempts + i + 1
+        attempts += size

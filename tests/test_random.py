@@ -1,0 +1,108 @@
+"""The latency-matched random baseline: rejection to a cost window, bounded attempts, resume,
+failed candidates reported (tunas.md §8, §11.13)."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from nascli.cost.models import Pixel1Cost
+from nascli.errors import NascliError
+from nascli.search.random import RandomSettings, cost_window, sample_in_window
+from nascli.space.network import NetworkSettings
+from nascli.space.spaces import SPACES
+
+TINY = [
+    "data=synthetic",
+    "data.num_samples=256",
+    "data.resolution=16",
+    "data.in_channels=1",
+    "data.num_classes=4",
+    "data.valid_fraction=0.3",
+    "space.width_multiplier=0.25",
+    "train.batch_size=16",
+    "train.epochs=1",
+    "strategy.num_samples=3",
+]
+
+
+def pixel1(space="proxylessnas"):
+    return Pixel1Cost(SPACES[space], NetworkSettings())
+
+
+def test_kept_architectures_lie_in_the_window_and_are_reproducible():
+    model = pixel1()
+    kept, costs, attempts = sample_in_window(SPACES["proxylessnas"], model, 20, 83, 85, 0, 10**6)
+    assert len(kept) == 20 and attempts > 20
+    recomputed = model(torch.tensor(kept))
+    assert torch.allclose(recomputed, torch.tensor(costs, dtype=torch.float64))
+    assert all(83 <= c <= 85 for c in costs)
+    again = sample_in_window(SPACES["proxylessnas"], model, 20, 83, 85, 0, 10**6)
+    assert again[0] == kept and again[2] == attempts
+
+
+def test_an_infeasible_window_stops_with_the_cost_range_seen():
+    with pytest.raises(NascliError, match=r"after 5,000 draws; costs seen ranged \d+"):
+        sample_in_window(SPACES["mnv3"], pixel1("mnv3"), 3, 1.0, 2.0, 0, 5000)
+
+
+def test_default_windows_are_tunas_windows_for_the_pixel1_targets():
+    settings = RandomSettings()
+    assert cost_window(settings, "tunas_pixel1", "proxylessnas", 84.0) == (83.0, 85.0)
+    assert cost_window(settings, "tunas_pixel1", "mnv3", 57.0) == (57.0, 59.0)
+    assert cost_window(settings, "tunas_pixel1", "mnv3", 70.0) == pytest.approx((68.6, 71.4))
+    assert cost_window(settings, "macs", "mnv3", 1e6) == pytest.approx((0.98e6, 1.02e6))
+    explicit = RandomSettings(min_cost=1.0, max_cost=3.0)
+    assert cost_window(explicit, "macs", "mnv3", None) == (1.0, 3.0)
+    with pytest.raises(NascliError, match="cost window"):
+        cost_window(settings, "macs", "mnv3", None)
+
+
+def test_random_baseline_trains_resumes_and_reports_failures(run_cli, tmp_path, monkeypatch):
+    import nascli.jobs.random_baseline as job
+
+    out = tmp_path / "rb"
+    real = job.train_candidate
+
+    def flaky(cfg, number, *args):
+        if number == 1:
+            raise RuntimeError("out of memory (simulated)")
+        return real(cfg, number, *args)
+
+    monkeypatch.setattr(job, "train_candidate", flaky)
+    result = run_cli("random-baseline", *TINY, f"out={out}")
+    assert result.exit_code == 4, result.output
+    assert "1 candidate(s) failed" in result.output
+    frame = pd.read_csv(out / "candidates.csv")
+    assert list(frame["status"]) == ["done", "failed", "done"]
+    assert "simulated" in frame["error"][1]
+    assert (out / "candidates" / "1" / "error.txt").exists()
+    finished = (out / "candidates" / "0" / "result.json").stat().st_mtime_ns
+
+    monkeypatch.setattr(job, "train_candidate", real)
+    again = run_cli("random-baseline", *TINY, f"out={out}")
+    assert again.exit_code == 0, again.output
+    frame = pd.read_csv(out / "candidates.csv")
+    assert list(frame["status"]) == ["done"] * 3
+    assert (out / "candidates" / "0" / "result.json").stat().st_mtime_ns == finished  # skipped
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["strategy"] == "random" and summary["failed"] == 0
+    assert summary["valid_top1"] == frame["valid_top1"].max()
+    assert 83 <= summary["cost"] <= 85
+    assert (out / "plots" / "accuracy_vs_cost.png").stat().st_size > 0
+    arch = json.loads((out / "arch.json").read_text())
+    assert arch["indices"] == summary["indices"]
+
+
+def test_search_strategy_random_is_the_same_job(run_cli, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = [*TINY, "strategy.num_samples=1"]
+    assert run_cli("random-baseline", *args, f"out={a}").exit_code == 0
+    assert (
+        run_cli("search", "strategy=random", "train=candidate_cpu", *args, f"out={b}").exit_code
+        == 0
+    )
+    first = json.loads((a / "summary.json").read_text())
+    second = json.loads((b / "summary.json").read_text())
+    assert first["indices"] == second["indices"] and first["valid_top1"] == second["valid_top1"]
