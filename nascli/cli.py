@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import Annotated
 
 import typer
 from omegaconf import DictConfig
@@ -110,6 +111,31 @@ def _register(name: str, help: str, module: str | None, writes: bool) -> None:
 
 for _name, (_help, _module, _writes) in COMMANDS.items():
     _register(_name, _help, _module, _writes and _module is not None)
+
+
+@app.command("compare")
+def compare_runs(
+    runs: Annotated[
+        list[str],
+        typer.Argument(help="Run directories of search, random-baseline or retrain runs."),
+    ],
+    plot: Annotated[
+        str, typer.Option(help="Accuracy-vs-cost plot to write ('' for none).")
+    ] = "compare.png",
+) -> None:
+    """Side-by-side table of runs: strategy, space, target, cost, params, MACs, valid and test
+    top-1, time and images processed; and one accuracy-vs-cost plot."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from nascli.jobs.compare import compare
+
+    try:
+        compare([Path(r) for r in runs], Path(plot) if plot else None, Console())
+    except NascliError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(error.exit_code) from None
 
 
 def _version(value: bool) -> None:

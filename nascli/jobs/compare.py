@@ -1,0 +1,114 @@
+"""`nascli compare RUN_DIR...`: one table (and one plot) over search, random-baseline and retrain
+runs, from the `summary.json` each writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from nascli.errors import NascliError
+from nascli.report import plots
+from nascli.report.tables import human
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    """The comparable facts of one run directory."""
+    summary_path = path / "summary.json"
+    if not summary_path.is_file():
+        raise NascliError(f"{path} has no summary.json (not a finished nascli run)")
+    try:
+        summary = json.loads(summary_path.read_text())
+    except ValueError as error:
+        raise NascliError(f"cannot read {summary_path}: {error}") from None
+    kind = summary.get("strategy") or ("retrain" if "test_top1" in summary else "unknown")
+    valid = summary.get("valid_top1", summary.get("best_valid_top1"))
+    if kind == "tunas":
+        valid = None  # the supernet's reward accuracy is not a trained network's
+    seconds = summary.get("search_seconds", summary.get("train_seconds"))
+    images = summary.get("images")
+    if images is None and kind == "retrain":
+        images = summary.get("steps", 0) * _batch(path)
+    return {
+        "run": str(path),
+        "kind": "retrain" if kind == "retrain" else "search",
+        "strategy": kind,
+        "space": summary.get("space"),
+        "indices": summary.get("indices"),
+        "target": summary.get("target"),
+        "cost": summary.get("cost"),
+        "cost_units": summary.get("cost_units", ""),
+        "params": summary.get("params"),
+        "macs": summary.get("macs"),
+        "valid_top1": valid,
+        "test_top1": summary.get("test_top1"),
+        "seconds": seconds,
+        "images": images,
+    }
+
+
+def _batch(path: Path) -> int:
+    config = path / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return 0
+    from omegaconf import OmegaConf
+
+    return int(OmegaConf.load(config).train.batch_size)
+
+
+def _fmt(value: Any, kind: str = "") -> str:
+    if value is None:
+        return "–"
+    if kind == "%":
+        return f"{value:.2%}"
+    if kind == "human":
+        return human(value)
+    if kind == "s":
+        return f"{value:,.0f} s"
+    if kind == "int":
+        return f"{int(value):,}"
+    return f"{value:.4g}"
+
+
+def compare(runs: list[Path], plot: Path | None, console: Console) -> list[dict[str, Any]]:
+    rows = [read_run(path) for path in runs]
+    # A retrain of a searched architecture inherits that search's cost for the plot.
+    by_indices = {(r["space"], r["indices"]): r for r in rows if r["cost"] is not None}
+    for row in rows:
+        source = by_indices.get((row["space"], row["indices"]))
+        if row["cost"] is None and source is not None:
+            row["cost"], row["cost_units"] = source["cost"], source["cost_units"]
+            row["target"] = source["target"]
+    table = Table(title="runs", title_justify="left")
+    columns = ("run", "strategy", "space", "target", "cost", "params", "MACs", "valid top1",
+               "test top1", "time", "images")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for r in rows:
+        units = f" {r['cost_units']}" if r["cost"] is not None else ""
+        table.add_row(
+            Path(r["run"]).name or r["run"], r["strategy"], r["space"] or "–",
+            _fmt(r["target"]), _fmt(r["cost"]) + units, _fmt(r["params"], "human"),
+            _fmt(r["macs"], "human"), _fmt(r["valid_top1"], "%"), _fmt(r["test_top1"], "%"),
+            _fmt(r["seconds"], "s"), _fmt(r["images"], "int"),
+        )  # fmt: skip
+    console.print(table)
+    plotted = [
+        r for r in rows if r["cost"] is not None and (r["test_top1"] or r["valid_top1"]) is not None
+    ]
+    if plot is not None and plotted:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        targets = {r["target"] for r in plotted if r["target"] is not None}
+        plots.accuracy_vs_cost(
+            plot,
+            [r["cost"] for r in plotted],
+            [r["test_top1"] if r["test_top1"] is not None else r["valid_top1"] for r in plotted],
+            plotted[0]["cost_units"],
+            targets.pop() if len(targets) == 1 else None,
+            labels=[f"{r['strategy']}: {Path(r['run']).name}" for r in plotted],
+        )
+        console.print(f"wrote {plot} (test top-1 where retrained, else valid)")
+    return rows
