@@ -106,3 +106,34 @@ def test_search_strategy_random_is_the_same_job(run_cli, tmp_path):
     first = json.loads((a / "summary.json").read_text())
     second = json.loads((b / "summary.json").read_text())
     assert first["indices"] == second["indices"] and first["valid_top1"] == second["valid_top1"]
+
+
+def test_parallel_workers_train_the_same_candidates(run_cli, tmp_path):
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    assert run_cli("random-baseline", *TINY, f"out={serial}").exit_code == 0
+    result = run_cli("random-baseline", *TINY, "strategy.workers=2", f"out={parallel}")
+    assert result.exit_code == 0, result.output
+    assert "in 2 processes" in result.output
+    a = pd.read_csv(serial / "candidates.csv")
+    b = pd.read_csv(parallel / "candidates.csv")
+    assert list(a["indices"]) == list(b["indices"]) and list(b["status"]) == ["done"] * 3
+    # Same data, seeds and recipe; only the thread count differs (float summation order).
+    assert (a["valid_top1"] - b["valid_top1"]).abs().max() <= 0.05
+
+
+def test_a_sweep_over_candidates_shares_one_run_directory(run_cli, tmp_path):
+    """`-m strategy.candidate=0,1,2 hydra.sweep.subdir=.`: one job per candidate writing into
+    the same run directory (what a SLURM launcher runs), then one run collects them."""
+    out = tmp_path / "sweep"
+    args = [*TINY, f"out={out}", "hydra.sweep.subdir=."]
+    result = run_cli("random-baseline", "-m", "strategy.candidate=0,1,2", *args)
+    assert result.exit_code == 0, result.output
+    assert all((out / "candidates" / str(n) / "result.json").exists() for n in range(3))
+    assert not (out / "summary.json").exists()
+    stamps = [(out / "candidates" / str(n) / "result.json").stat().st_mtime_ns for n in range(3)]
+    collect = run_cli("random-baseline", *TINY, f"out={out}")
+    assert collect.exit_code == 0, collect.output
+    assert [
+        (out / "candidates" / str(n) / "result.json").stat().st_mtime_ns for n in range(3)
+    ] == stamps
+    assert json.loads((out / "summary.json").read_text())["candidates"] == 3

@@ -27,6 +27,7 @@ from rich.table import Table
 from nascli.config import network_settings, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.cost.models import make_cost_model
+from nascli.cost.timing import physical_cores
 from nascli.data import load_data
 from nascli.errors import NascliError
 from nascli.files import atomic_path, write_json
@@ -160,6 +161,23 @@ def run_random(cfg: DictConfig) -> None:
         f"data {data.name}",
         soft_wrap=True,
     )
+    settings = RandomSettings.from_config(cfg.strategy)
+    if settings.candidate is not None:  # one job of a sweep over candidates (cluster launchers)
+        number = settings.candidate
+        if not 0 <= number < len(sampled["candidates"]):
+            raise NascliError(f"strategy.candidate={number}: the run has candidates 0 to "
+                              f"{len(sampled['candidates']) - 1}")  # fmt: skip
+        train_candidate(
+            cfg, number, sampled["candidates"][number]["indices"], out, data, ctx, console
+        )
+        console.print(
+            f"candidate {number} done; when all are, run the same command without "
+            f"strategy.candidate and with out={out} to collect them",
+            soft_wrap=True,
+        )
+        return
+    if settings.workers > 1 and ctx.world == 1:
+        train_in_workers(cfg, out, sampled["candidates"], settings.workers, console)
     rows = []
     for number, candidate in enumerate(sampled["candidates"]):
         console.print(
@@ -187,6 +205,66 @@ def run_random(cfg: DictConfig) -> None:
         if ctx.is_main:
             write_candidates(out / "candidates.csv", rows)
     finish_random(cfg, out, rows, request, console, started)
+
+
+def _worker(config: dict[str, Any], out: str, numbers: list[int], threads: int) -> None:
+    """One process of `strategy.workers`: trains its share of the candidates, one after another.
+    Results and failures land in each candidate's directory; the parent collects them."""
+    torch.set_num_threads(threads)
+    cfg = OmegaConf.create(config)
+    ctx = context("cpu" if cfg.device == "auto" else cfg.device)
+    console = Console(quiet=True)
+    data = load_data(cfg.data)
+    candidates = json.loads((Path(out) / "candidates.json").read_text())["candidates"]
+    for number in numbers:
+        try:
+            train_candidate(
+                cfg, number, candidates[number]["indices"], Path(out), data, ctx, console
+            )
+        except Interrupted:
+            return
+        except Exception:  # reported by the parent, which retrains it in-process
+            (Path(out) / "candidates" / str(number)).mkdir(parents=True, exist_ok=True)
+            (Path(out) / "candidates" / str(number) / "error.txt").write_text(
+                traceback.format_exc()
+            )
+
+
+def train_in_workers(
+    cfg: DictConfig, out: Path, candidates: list[dict[str, Any]], workers: int, console: Console
+) -> None:
+    """Train the unfinished candidates in `workers` processes sharing the cores evenly; the
+    serial loop afterwards only collects their results (and retries any that failed)."""
+    pending = [
+        n
+        for n in range(len(candidates))
+        if not (out / "candidates" / str(n) / "result.json").exists()
+    ]
+    if not pending:
+        return
+    workers = min(workers, len(pending))
+    threads = max(1, physical_cores() // workers)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    context_ = torch.multiprocessing.get_context("spawn")
+    processes = [
+        context_.Process(target=_worker, args=(config, str(out), pending[w::workers], threads))
+        for w in range(workers)
+    ]
+    console.print(
+        f"training {len(pending)} candidates in {workers} processes × {threads} threads",
+        soft_wrap=True,
+    )
+    with console.status("training candidates in parallel"):
+        for process in processes:
+            process.start()
+        try:
+            for process in processes:
+                process.join()
+        except KeyboardInterrupt:  # the workers got the same Ctrl-C and checkpoint
+            for process in processes:
+                process.join()
+            console.print(f"interrupted; rerun the same command with out={out} to resume")
+            sys.exit(130)
 
 
 def write_candidates(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -32,6 +32,8 @@ class RandomSettings:
     max_cost: float | None = None
     window: float = 0.02
     max_attempts: int = 1_000_000
+    workers: int = 1
+    candidate: int | None = None
 
     @classmethod
     def from_config(cls, cfg: Any) -> RandomSettings:
@@ -40,8 +42,10 @@ class RandomSettings:
         if unknown:
             raise NascliError(f"unknown strategy option(s) for random: {', '.join(unknown)}")
         settings = cls(**values)
-        if settings.num_samples < 1 or settings.max_attempts < 1 or settings.window < 0:
-            raise NascliError("strategy.num_samples and max_attempts must be ≥ 1, window ≥ 0")
+        if min(settings.num_samples, settings.max_attempts, settings.workers) < 1:
+            raise NascliError("strategy.num_samples, max_attempts and workers must be ≥ 1")
+        if settings.window < 0:
+            raise NascliError("strategy.window must be ≥ 0")
         return settings
 
     def to_dict(self) -> dict[str, Any]:
