@@ -163,9 +163,7 @@ def test_build_without_arch_explains_what_to_pass(run_cli):
     assert result.exit_code == 2 and "arch=" in result.output
 
 
-def test_commands_not_yet_available_say_so_and_fail(run_cli, tmp_path):
-    result = run_cli("random-baseline", f"out={tmp_path / 'r'}")
-    assert result.exit_code != 0 and "not available" in result.output
+def test_strategies_not_yet_available_say_so_and_fail(run_cli, tmp_path):
     result = run_cli("search", "strategy=zen", f"out={tmp_path / 'z'}")
     assert result.exit_code != 0 and "strategy=zen is not available" in result.output
 

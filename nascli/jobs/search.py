@@ -63,7 +63,10 @@ def fingerprint(cfg: DictConfig, world: int) -> dict[str, Any]:
 
 def log_row(search: TunasSearch, record: StepRecord, seconds: float) -> dict[str, Any]:
     """One `search_log.csv` row: step means over the step's architectures, and the policy."""
-    mean = lambda values: sum(values) / len(values)  # noqa: E731
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
     argmax = torch.tensor([search.final_indices()])
     return {
         "step": record.step,
@@ -129,12 +132,12 @@ def run_tunas(cfg: DictConfig) -> None:
     out = run_directory()
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    print_ = fingerprint(cfg, ctx.world)
+    identity = fingerprint(cfg, ctx.world)
     rows: list[dict[str, Any]] = []
     seconds = 0.0
     checkpoint = out / "last.pt"
     if checkpoint.exists():
-        state = load_checkpoint(checkpoint, print_)
+        state = load_checkpoint(checkpoint, identity)
         search.load_state(state["search"])
         rows, seconds = state["log"], state["seconds"]
         console.print(f"resuming from step {search.step} of {search.total_steps}")
@@ -152,7 +155,12 @@ def run_tunas(cfg: DictConfig) -> None:
         if ctx.is_main:
             save_checkpoint(
                 checkpoint,
-                {"fingerprint": print_, "search": search.state(), "log": rows, "seconds": seconds},
+                {
+                    "fingerprint": identity,
+                    "search": search.state(),
+                    "log": rows,
+                    "seconds": seconds,
+                },
             )
             write_log(out / "search_log.csv", rows)
 
