@@ -148,17 +148,18 @@ def test_torchrun_ranks_sample_different_archs_and_stay_identical(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = [*TINY, "train.epochs=2", "strategy.policy_lr=0.1", "strategy.rl_delay_fraction=0.5"]
     ddp = tmp_path / "ddp"
-    subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "nascli",
-         "search", *common, "strategy.archs_per_rank=1", f"out={ddp}"],
-        check=True, env=env, capture_output=True, timeout=600,
-    )  # fmt: skip
+    runs = {
+        ddp: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+              "-m", "nascli", "search", *common, "strategy.archs_per_rank=1"],
+        tmp_path / "single": [sys.executable, "-m", "nascli", "search", *common,
+                              "strategy.archs_per_rank=2"],
+    }  # fmt: skip
+    for out, command in runs.items():
+        done = subprocess.run(
+            [*command, f"out={out}"], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-1500:]
     single = tmp_path / "single"
-    subprocess.run(
-        [sys.executable, "-m", "nascli", "search", *common, "strategy.archs_per_rank=2",
-         f"out={single}"],
-        check=True, env=env, capture_output=True, timeout=600,
-    )  # fmt: skip
     summary = json.loads((ddp / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert len(set(summary["replica_checksums"])) == 1  # supernet and policy agree exactly
