@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nascli.errors import NascliError
 from nascli.space.network import NetworkSettings
@@ -125,6 +125,22 @@ def network_settings(cfg: DictConfig) -> NetworkSettings:
         )
     except ValueError as error:
         raise NascliError(str(error)) from None
+
+
+#: Settings that do not change what a run computes: a run may resume with different values.
+NOT_FINGERPRINTED = frozenset(
+    {"log_every", "checkpoint_every", "eval_batch_size", "workers", "root"}
+)
+
+
+def fingerprint_sections(cfg: DictConfig, *names: str) -> dict[str, Any]:
+    """The config groups `names`, resolved, without the settings a resume may change: what
+    identifies a run in its checkpoints."""
+    sections = {}
+    for name in names:
+        values = OmegaConf.to_container(cfg[name], resolve=True)
+        sections[name] = {k: v for k, v in values.items() if k not in NOT_FINGERPRINTED}
+    return sections
 
 
 def run_directory() -> Path:

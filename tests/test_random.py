@@ -12,19 +12,9 @@ from nascli.errors import NascliError
 from nascli.search.random import RandomSettings, cost_window, sample_in_window
 from nascli.space.network import NetworkSettings
 from nascli.space.spaces import SPACES
+from tests.conftest import TINY as TINY_RUN
 
-TINY = [
-    "data=synthetic",
-    "data.num_samples=256",
-    "data.resolution=16",
-    "data.in_channels=1",
-    "data.num_classes=4",
-    "data.valid_fraction=0.3",
-    "space.width_multiplier=0.25",
-    "train.batch_size=16",
-    "train.epochs=1",
-    "strategy.num_samples=3",
-]
+TINY = [*TINY_RUN, "strategy.num_samples=3"]
 
 
 def pixel1(space="proxylessnas"):

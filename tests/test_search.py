@@ -18,19 +18,7 @@ from nascli.search.tunas import TunasSearch, TunasSettings
 from nascli.space.network import NetworkSettings
 from nascli.space.spaces import SPACES
 from nascli.train.distributed import Context
-
-# Seconds per step on 2 cores: 16×16 synthetic images, a quarter of the widths.
-TINY = [
-    "data=synthetic",
-    "data.num_samples=256",
-    "data.resolution=16",
-    "data.in_channels=1",
-    "data.num_classes=4",
-    "data.valid_fraction=0.3",
-    "space.width_multiplier=0.25",
-    "train.batch_size=16",
-    "train.epochs=1",
-]
+from tests.conftest import TINY
 
 
 def tiny_search(seed=0, **strategy) -> TunasSearch:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from nascli.config import network_settings, run_directory
+from nascli.config import fingerprint_sections, network_settings, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.cost.models import make_cost_model
 from nascli.cost.timing import physical_cores
@@ -46,15 +46,10 @@ EXIT_CANDIDATES_FAILED = 4
 
 
 def candidate_fingerprint(cfg: DictConfig, indices: str) -> dict[str, Any]:
-    def section(name: str) -> dict[str, Any]:
-        values = OmegaConf.to_container(cfg[name], resolve=True)
-        skip = {"log_every", "checkpoint_every", "eval_batch_size", "workers", "root"}
-        return {k: v for k, v in values.items() if k not in skip}
-
     return {
         "command": "random-baseline",
         "indices": indices,
-        **{name: section(name) for name in ("space", "data", "train")},
+        **fingerprint_sections(cfg, "space", "data", "train"),
         "seed": cfg.seed,
     }
 

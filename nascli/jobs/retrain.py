@@ -8,11 +8,11 @@ import time
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from nascli.config import run_directory
+from nascli.config import fingerprint_sections, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.data import load_data
 from nascli.files import write_json
@@ -22,23 +22,14 @@ from nascli.report.tables import human
 from nascli.train.distributed import context
 from nascli.train.engine import Interrupted, Trainer
 
-# Settings that do not change the trained weights: a run may resume with different values.
-NOT_FINGERPRINTED = {"log_every", "checkpoint_every", "eval_batch_size", "workers", "root"}
-
 
 def fingerprint(cfg: DictConfig, indices: str, world: int) -> dict[str, Any]:
     """What identifies a training run: resuming demands that all of it is unchanged."""
 
-    def section(name: str) -> dict[str, Any]:
-        values = OmegaConf.to_container(cfg[name], resolve=True)
-        return {k: v for k, v in values.items() if k not in NOT_FINGERPRINTED}
-
     return {
         "command": "retrain",
         "indices": indices,
-        "space": section("space"),
-        "data": section("data"),
-        "train": section("train"),
+        **fingerprint_sections(cfg, "space", "data", "train"),
         "seed": cfg.seed,
         "world_size": world,
     }

@@ -18,11 +18,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from nascli.config import network_settings, run_directory
+from nascli.config import fingerprint_sections, network_settings, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.cost.models import make_cost_model
 from nascli.data import load_data
@@ -45,17 +45,11 @@ from nascli.train.checkpoint import load_checkpoint, save_checkpoint
 from nascli.train.distributed import context
 from nascli.train.engine import TrainingDiverged, check_replicas, progress_bar, stop_requests
 
-NOT_FINGERPRINTED = {"log_every", "checkpoint_every", "eval_batch_size", "workers", "root"}
-
 
 def fingerprint(cfg: DictConfig, world: int) -> dict[str, Any]:
-    def section(name: str) -> dict[str, Any]:
-        values = OmegaConf.to_container(cfg[name], resolve=True)
-        return {k: v for k, v in values.items() if k not in NOT_FINGERPRINTED}
-
     return {
         "command": "search",
-        **{name: section(name) for name in ("space", "strategy", "data", "train", "cost")},
+        **fingerprint_sections(cfg, "space", "strategy", "data", "train", "cost"),
         "seed": cfg.seed,
         "world_size": world,
     }
