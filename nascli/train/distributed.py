@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import torch
 import torch.distributed as dist
@@ -28,8 +28,19 @@ def init_process_group() -> None:
 
 
 def close_process_group() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group together: a rank that tears gloo down while another still talks
+    to it can abort the other ("terminate called without an active exception"). The barrier is
+    bounded, so a rank whose peer already died does not hang."""
+    if not dist.is_initialized():
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+        else:
+            dist.barrier()
+    except RuntimeError:
+        pass  # a peer is gone: nothing left to synchronise with
+    dist.destroy_process_group()
 
 
 def shared_timestamp() -> str:
