@@ -20,6 +20,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One CSV row per dict, replacing `path` atomically."""
+    import pandas as pd
+
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")

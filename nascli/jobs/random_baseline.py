@@ -11,7 +11,6 @@ candidates, resumes an interrupted one and retries failed ones.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 import traceback
@@ -30,7 +29,7 @@ from nascli.cost.models import make_cost_model
 from nascli.cost.timing import physical_cores
 from nascli.data import load_data
 from nascli.errors import NascliError
-from nascli.files import atomic_path, write_json
+from nascli.files import write_csv, write_json
 from nascli.jobs.build import arch_record
 from nascli.nn.builder import build_model
 from nascli.report import plots
@@ -40,7 +39,7 @@ from nascli.search.tunas import default_target
 from nascli.space.arch import Architecture, format_indices, get_space
 from nascli.space.network import decode
 from nascli.train.distributed import context
-from nascli.train.engine import Interrupted, Trainer
+from nascli.train.engine import Interrupted, Trainer, exit_interrupted
 
 EXIT_CANDIDATES_FAILED = 4
 
@@ -183,13 +182,7 @@ def run_random(cfg: DictConfig) -> None:
         try:
             row |= train_candidate(cfg, number, candidate["indices"], out, data, ctx, console)
         except Interrupted as stop:
-            name = signal.Signals(stop.signum).name
-            console.print(
-                f"{name}: stopped in candidate {number} with a checkpoint; rerun the same "
-                f"command with out={out} to resume",
-                soft_wrap=True,
-            )
-            sys.exit(128 + stop.signum)
+            exit_interrupted(console, stop.signum, f"in candidate {number}", out)
         except (NascliError, RuntimeError, ValueError) as error:  # reported, never dropped
             message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             row |= {"status": "failed", "error": message[:200]}
@@ -198,7 +191,7 @@ def run_random(cfg: DictConfig) -> None:
             (out / "candidates" / str(number) / "error.txt").write_text(traceback.format_exc())
         rows.append(row)
         if ctx.is_main:
-            write_candidates(out / "candidates.csv", rows)
+            write_csv(out / "candidates.csv", rows)
     finish_random(cfg, out, rows, request, console, started)
 
 
@@ -260,13 +253,6 @@ def train_in_workers(
                 process.join()
             console.print(f"interrupted; rerun the same command with out={out} to resume")
             sys.exit(130)
-
-
-def write_candidates(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return frame
 
 
 def finish_random(

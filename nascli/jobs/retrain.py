@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import sys
 import time
 from typing import Any
 
@@ -20,7 +18,7 @@ from nascli.jobs.build import arch_record, configured_network
 from nascli.nn.builder import build_model
 from nascli.report.tables import human
 from nascli.train.distributed import context
-from nascli.train.engine import Interrupted, Trainer
+from nascli.train.engine import Interrupted, Trainer, exit_interrupted
 
 
 def fingerprint(cfg: DictConfig, indices: str, world: int) -> dict[str, Any]:
@@ -84,13 +82,7 @@ def run(cfg: DictConfig) -> None:
     try:
         outcome = trainer.fit()
     except Interrupted as stop:
-        name = signal.Signals(stop.signum).name
-        console.print(
-            f"{name}: stopped at step {stop.step} with a checkpoint in {out}; "
-            f"rerun the same command with out={out} to resume",
-            soft_wrap=True,
-        )
-        sys.exit(128 + stop.signum)
+        exit_interrupted(console, stop.signum, f"at step {stop.step}", out)
     test = trainer.evaluate("test")
     summary = {
         "space": arch.space,

@@ -10,8 +10,6 @@ optimisers, policy, baseline, RNG and step: rerunning with `out=` resumes exactl
 
 from __future__ import annotations
 
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from nascli.cost.analytic import network_cost
 from nascli.cost.models import make_cost_model
 from nascli.data import load_data
 from nascli.errors import NascliError
-from nascli.files import atomic_path, write_json
+from nascli.files import write_csv, write_json
 from nascli.jobs.build import arch_record
 from nascli.nn.supernet import Supernet
 from nascli.report import plots
@@ -43,7 +41,13 @@ from nascli.space.arch import Architecture, get_space
 from nascli.space.network import decode
 from nascli.train.checkpoint import load_checkpoint, save_checkpoint
 from nascli.train.distributed import context
-from nascli.train.engine import TrainingDiverged, check_replicas, progress_bar, stop_requests
+from nascli.train.engine import (
+    TrainingDiverged,
+    check_replicas,
+    exit_interrupted,
+    progress_bar,
+    stop_requests,
+)
 
 
 def fingerprint(cfg: DictConfig, world: int) -> dict[str, Any]:
@@ -80,13 +84,6 @@ def log_row(search: TunasSearch, record: StepRecord, seconds: float) -> dict[str
         "indices": ";".join(":".join(map(str, row)) for row in record.indices),
         **probability_columns(search.space, search.policy.probs()),
     }
-
-
-def write_log(path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return frame
 
 
 def run(cfg: DictConfig) -> None:
@@ -156,7 +153,7 @@ def run_tunas(cfg: DictConfig) -> None:
                     "seconds": seconds,
                 },
             )
-            write_log(out / "search_log.csv", rows)
+            write_csv(out / "search_log.csv", rows)
 
     with stop_requests() as requested, progress_bar(console, ctx.is_main) as progress:
         task = progress.add_task(
@@ -190,13 +187,7 @@ def run_tunas(cfg: DictConfig) -> None:
             if due or stop:
                 save()
             if stop:
-                name = signal.Signals(stop).name
-                console.print(
-                    f"{name}: stopped at step {search.step} with a checkpoint in {out}; rerun "
-                    f"the same command with out={out} to resume",
-                    soft_wrap=True,
-                )
-                sys.exit(128 + stop)
+                exit_interrupted(console, stop, f"at step {search.step}", out)
     save()
     replicas = check_replicas(
         ctx, [*search.net.state_dict().values(), search.policy.logits.float()]

@@ -51,6 +51,12 @@ def build_layer(layer: LayerArgs) -> nn.Module:
     raise ValueError(f"cannot build a {layer.kind!r} layer")
 
 
+def init_conv_kernel(weight: torch.Tensor, fan_in: int) -> None:
+    """TuNAS's truncated He-normal: std √(2/fan_in), truncated at 2σ, variance restored."""
+    std = math.sqrt(2.0 / fan_in) / _TRUNCATED_STD_CORRECTION
+    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
 def init_weights(model: nn.Module) -> None:
     """TuNAS initialisers: truncated He-normal (fan-in) convs, depthwise fan-in k², classifier
     N(0, 0.01), zero biases, BN γ = 1 and β = 0."""
@@ -58,8 +64,7 @@ def init_weights(model: nn.Module) -> None:
         if isinstance(module, nn.Conv2d):
             kh, kw = module.kernel_size
             fan_in = kh * kw * module.in_channels // module.groups
-            std = math.sqrt(2.0 / fan_in) / _TRUNCATED_STD_CORRECTION
-            nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            init_conv_kernel(module.weight, fan_in)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d):

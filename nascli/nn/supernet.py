@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nascli.nn.blocks import BN_EPSILON, same_padding
-from nascli.nn.builder import MobileNet, build_model, init_weights
+from nascli.nn.builder import MobileNet, build_model, init_conv_kernel, init_weights
 from nascli.space.network import NetworkSettings, decode, make_divisible, strides_to_drop
 from nascli.space.schema import (
     Activation,
@@ -402,11 +402,9 @@ class Supernet(nn.Module):
 
 
 def _init_conv(weight: torch.Tensor, depthwise: bool) -> None:
-    """TuNAS's truncated He-normal over the fan-in (k² for depthwise kernels)."""
+    """TuNAS's conv initialiser over the fan-in (k² for depthwise kernels)."""
     _, c_in, kh, kw = weight.shape
-    fan_in = kh * kw * (1 if depthwise else c_in)
-    std = math.sqrt(2.0 / fan_in) / 0.87962566103423978
-    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+    init_conv_kernel(weight, kh * kw * (1 if depthwise else c_in))
 
 
 def _convs_and_bns(module: nn.Module) -> tuple[list[nn.Conv2d], list[nn.BatchNorm2d]]:

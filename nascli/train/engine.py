@@ -10,15 +10,15 @@ whether to stop.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from rich.console import Console
@@ -35,7 +35,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from nascli.data.source import DataSource
 from nascli.errors import NascliError
-from nascli.files import atomic_path
+from nascli.files import write_csv
 from nascli.train.checkpoint import load_checkpoint, save_checkpoint
 from nascli.train.distributed import Context, convert_sync_batchnorm
 from nascli.train.optim import build_optimizer, learning_rate
@@ -103,6 +103,16 @@ def stop_requests() -> Iterator[StopRequest]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def exit_interrupted(console: Console, signum: int, where: str, out: Path) -> NoReturn:
+    """After a checkpoint on SIGTERM/SIGINT: say how to resume, exit with 128 + signal."""
+    console.print(
+        f"{signal.Signals(signum).name}: stopped {where} with a checkpoint in {out}; rerun the "
+        f"same command with out={out} to resume",
+        soft_wrap=True,
+    )
+    sys.exit(128 + signum)
 
 
 def progress_bar(console: Console, enabled: bool = True) -> Progress:
@@ -453,5 +463,4 @@ class Trainer:
         self._reset_epoch_totals()
         self.save_last()
         if self.ctx.is_main and self.run_dir is not None:
-            with atomic_path(self.run_dir / "metrics.csv") as tmp:
-                pd.DataFrame(self.history).to_csv(tmp, index=False)
+            write_csv(self.run_dir / "metrics.csv", self.history)
