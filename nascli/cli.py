@@ -50,6 +50,13 @@ COMMANDS: dict[str, tuple[str, str | None, bool]] = {
         "nascli.jobs.search",
         True,
     ),
+    "proxies": (
+        "Rank zero-shot proxies (zen, grad_norm, synflow, naswot, params, macs, random) "
+        "against known accuracies: input=<random-baseline run dir | CSV with indices and "
+        "valid_top1>; prints Kendall τ and Spearman ρ, writes a plot.",
+        "nascli.jobs.proxies",
+        True,
+    ),
     "profile-latency": (
         "Measure latency on this machine: a lookup table of every layer of a space, validated "
         "end to end on random architectures (cost=lut finds it); arch=A times one network.",
@@ -87,7 +94,11 @@ def _job(name: str, module: str | None) -> Callable[[DictConfig], None]:
 
 
 # Commands whose defaults differ from the root config's (conf/<name>.yaml).
-ROOT_CONFIGS = {"search": "search", "random-baseline": "random_baseline"}
+ROOT_CONFIGS = {
+    "search": "search",
+    "random-baseline": "random_baseline",
+    "proxies": "proxies",
+}
 
 
 def _register(name: str, help: str, module: str | None, writes: bool) -> None:

@@ -103,6 +103,9 @@ class Config:
     strategy: Any = MISSING
     cost: CostConfig = field(default_factory=CostConfig)
     arch: str | None = None
+    # `nascli proxies`: the run directory or CSV to score, and how (conf/proxies.yaml).
+    input: str | None = None
+    proxies: Any = None
     seed: int = 0
     device: str = "auto"
     out: str = MISSING
@@ -129,7 +132,7 @@ def network_settings(cfg: DictConfig) -> NetworkSettings:
 
 #: Settings that do not change what a run computes: a run may resume with different values.
 NOT_FINGERPRINTED = frozenset(
-    {"log_every", "checkpoint_every", "eval_batch_size", "workers", "root"}
+    {"log_every", "checkpoint_every", "eval_batch_size", "workers", "root", "iterations"}
 )
 
 

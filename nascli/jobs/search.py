@@ -1,4 +1,5 @@
-"""`nascli search`: search a space under a cost target (strategy=tunas).
+"""`nascli search`: search a space under a cost target (strategy=tunas; random and zen have
+their own modules).
 
 The run directory holds the composed config (`.hydra/`), `search_log.csv` (one row per logged
 step: reward, baseline, advantage, valid accuracy, cost, learning rates, warmup probabilities,
@@ -94,10 +95,12 @@ def run(cfg: DictConfig) -> None:
         from nascli.jobs.random_baseline import run_random
 
         run_random(cfg)
+    elif name == "zen":
+        from nascli.jobs.zen_search import run_zen
+
+        run_zen(cfg)
     else:
-        raise NascliError(
-            f"strategy={name} is not available in this version; use strategy=tunas or random"
-        )
+        raise NascliError(f"unknown strategy {name!r}; use strategy=tunas, random or zen")
 
 
 def run_tunas(cfg: DictConfig) -> None:

@@ -75,8 +75,9 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def build_model(network: Network) -> MobileNet:
-    """The standalone model of a decoded network, freshly initialised."""
+def build_model(network: Network, init: bool = True) -> MobileNet:
+    """The standalone model of a decoded network, freshly initialised (TuNAS's initialisers
+    unless `init=False`, for callers that initialise it themselves)."""
     *body, classifier = network.layers
     features = nn.Sequential(
         OrderedDict((layer.name.replace(".", "_"), build_layer(layer)) for layer in body)
@@ -86,5 +87,6 @@ def build_model(network: Network) -> MobileNet:
         nn.Linear(classifier.in_channels, classifier.out_channels),
         network.settings.dropout,
     )
-    init_weights(model)
+    if init:
+        init_weights(model)
     return model

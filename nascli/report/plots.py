@@ -97,3 +97,60 @@ def accuracy_vs_cost(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def evolution_curves(
+    path: Path,
+    log: pd.DataFrame,
+    population: pd.DataFrame,
+    proxy: str,
+    budget: float | None,
+    units: str,
+) -> None:
+    """Best, mean and worst population score against the iteration; and the final population's
+    score against its cost, the best starred and the budget as a line."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    if len(log):
+        left.plot(log["iteration"], log["best_score"], lw=1.4, label="best")
+        left.plot(log["iteration"], log["mean_score"], lw=1.0, label="population mean")
+        left.plot(log["iteration"], log["worst_score"], lw=0.8, alpha=0.7, label="worst")
+    left.set_xlabel("iteration")
+    left.set_ylabel(f"{proxy} score")
+    left.legend(fontsize=8)
+    if len(population):
+        right.scatter(population["cost"], population["score"], s=12, alpha=0.7)
+        best = population["score"].idxmax()
+        right.scatter([population.loc[best, "cost"]], [population.loc[best, "score"]],
+                      marker="*", s=160, c="C3", label="best")  # fmt: skip
+    if budget is not None:
+        right.axvline(budget, color="k", ls="--", lw=0.8, label="budget")
+    right.set_xlabel(f"cost ({units})")
+    right.set_ylabel(f"{proxy} score")
+    right.set_title("final population", fontsize=9)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def proxy_scatter(
+    path: Path, frame: pd.DataFrame, names: list[str], accuracy: str, stats: pd.DataFrame
+) -> None:
+    """One panel per proxy: accuracy against the proxy's score, with τ and ρ in the title."""
+    plt = pyplot()
+    columns = min(4, len(names))
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.9 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        ax.scatter(frame[name], frame[accuracy], s=12)
+        row = stats.set_index("proxy").loc[name]
+        ax.set_title(f"{name}: τ {row['kendall_tau']:.2f} · ρ {row['spearman_rho']:.2f}",
+                     fontsize=9)  # fmt: skip
+        ax.set_xlabel("score", fontsize=8)
+        ax.set_ylabel(accuracy, fontsize=8)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

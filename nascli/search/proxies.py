@@ -1,0 +1,406 @@
+"""Zero-shot proxies: score a network at initialisation, without training (zennas.md §1–§2).
+
+One interface for every proxy: `score(name, net, settings, generator) -> float`, bigger is
+better. `net` is a `Scorable`: any `nn.Module` mapping images to logits, its pre-GAP feature
+extractor (Zen-Score), the input shape, and how to turn its residual adds off. Build one for a
+nascli architecture with `scorable(network)`, or for your own module with `Scorable(model,
+features, input_shape, num_classes)`.
+
+Every proxy re-initialises the module it is given in place (weights N(0, 1), BN γ = 1, β = 0,
+running statistics reset): pass a copy (`copy.deepcopy`) to keep trained weights. All random
+draws (weights in module order, then inputs) come from the `generator`, so a seed fixes a score.
+
+Residuals: with `residuals="drop"` (the reference: its candidates are built with
+`no_reslink=True`) every residual add, and the projection shortcut feeding it, is removed while
+scoring; the budgets (params, MACs, latency) are always taken with them. nascli's blocks expose
+a `residual` flag that is switched off for the duration; any other module is traced with
+`torch.fx` and each add of two tensors keeps only its deeper operand (the branch), so a
+projection shortcut feeding the add disappears with it. A module fx cannot trace can be scored
+with `residuals="keep"`, or built without residuals by its owner and passed as is.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from nascli.cost.analytic import network_cost
+from nascli.errors import NascliError
+from nascli.nn.builder import build_model
+from nascli.space.network import Network
+
+PROXIES = ("zen", "grad_norm", "synflow", "naswot", "params", "macs", "random")
+BN_TERMS = ("paper", "reference")
+RESIDUALS = ("drop", "keep")
+SYNFLOW_VARIANTS = ("reference", "original")
+
+#: Activation modules NASWOT reads its binary codes from (the sign of their input).
+ACTIVATIONS = (
+    nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.LeakyReLU, nn.GELU, nn.ELU, nn.Mish,
+)  # fmt: skip
+
+#: The reference's BN momentum; with it, after two passes of a fresh model
+#: running_var = 0.81 + 0.09·v_clean + 0.1·v_perturbed (zennas.md §1).
+REFERENCE_BN_MOMENTUM = 0.1
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """How the proxies are computed (the `strategy=zen` group and `nascli proxies` share it)."""
+
+    batch_size: int = 64
+    repeat: int = 1
+    gamma: float = 0.01
+    #: paper: mean-over-channels of the clean pass's mini-batch variance (the paper's formula,
+    #: reproduces its Table 5). reference: BN running_var after the two passes with momentum 0.1
+    #: (what the released search computes: ≈ 0.19× the batch variance, −0.8 per BN layer).
+    bn_term: str = "paper"
+    residuals: str = "drop"
+    #: reference: Zen-NAS's synflow (train-mode BN, per-layer mean over output channels,
+    #: negated). original: Tanaka et al.'s Σ|θ·∂R/∂θ| over conv/linear weights, BN in eval mode.
+    synflow: str = "reference"
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("bn_term", self.bn_term, BN_TERMS),
+            ("residuals", self.residuals, RESIDUALS),
+            ("synflow", self.synflow, SYNFLOW_VARIANTS),
+        ):
+            if value not in allowed:
+                raise NascliError(f"{name}={value!r}: choose one of {', '.join(allowed)}")
+        if self.batch_size < 1 or self.repeat < 1:
+            raise NascliError("proxy batch_size and repeat must be ≥ 1")
+        if not self.gamma > 0:
+            raise NascliError("proxy gamma must be > 0")
+
+    @classmethod
+    def from_mapping(cls, values: Any) -> ProxySettings:
+        """The proxy settings among `values` (other keys are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in dict(values).items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Scorable:
+    """A network as the proxies see it.
+
+    model: images → logits. features: images → the feature map before global pooling (the
+    Zen-Score's f); it must share modules with `model`. params/macs: counted with residuals
+    (computed from `model` when not given).
+    """
+
+    model: nn.Module
+    features: nn.Module | None
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    params: int | None = None
+    macs: int | None = None
+
+
+# ----------------------------------------------------------------------------- preparation
+def gaussian_init(module: nn.Module, generator: torch.Generator) -> None:
+    """The Zen-NAS initialisation: conv and linear weights N(0, 1) (not fan-scaled), biases 0,
+    BN/GroupNorm γ = 1 and β = 0, BN running statistics reset (a fresh model's)."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (_ConvNd, nn.Linear)):
+                m.weight.normal_(0.0, 1.0, generator=generator)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, (_BatchNorm, nn.GroupNorm, nn.LayerNorm)):
+                if getattr(m, "weight", None) is not None:
+                    m.weight.fill_(1.0)
+                    m.bias.zero_()
+                if isinstance(m, _BatchNorm) and m.track_running_stats:
+                    m.reset_running_stats()
+
+
+def _flagged(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(getattr(m, "residual", None), bool)]
+
+
+@contextmanager
+def without_residuals(module: nn.Module, residuals: str = "drop") -> Iterator[nn.Module]:
+    """`module` with its residual adds removed for the duration (see the module docstring)."""
+    if residuals == "keep":
+        yield module
+        return
+    flagged = _flagged(module)
+    if not flagged:
+        yield strip_residual_adds(module)
+        return
+    saved = [m.residual for m in flagged]
+    for m in flagged:
+        m.residual = False
+    try:
+        yield module
+    finally:
+        for m, value in zip(flagged, saved, strict=True):
+            m.residual = value
+
+
+_ADDS = {operator.add, operator.iadd, torch.add}
+
+
+def strip_residual_adds(module: nn.Module) -> nn.Module:
+    """A `torch.fx` copy of `module` (sharing its parameters) in which every add of two tensors
+    returns its deeper operand only; nodes that no longer feed the output are removed."""
+    try:
+        traced = fx.symbolic_trace(module)
+    except Exception as error:  # fx raises many types for untraceable code
+        raise NascliError(
+            f"cannot trace {type(module).__name__} with torch.fx to remove its residual adds "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+            "pass residuals=keep, or score a version built without residuals"
+        ) from None
+    graph = traced.graph
+    depth: dict[fx.Node, int] = {}
+    changed = False
+    for node in list(graph.nodes):
+        inputs = [a for a in node.all_input_nodes if a in depth]
+        depth[node] = 1 + max((depth[a] for a in inputs), default=0)
+        is_add = (node.op == "call_function" and node.target in _ADDS) or (
+            node.op == "call_method" and node.target in ("add", "add_")
+        )
+        if is_add and len(node.args) >= 2 and all(isinstance(a, fx.Node) for a in node.args[:2]):
+            left, right = node.args[:2]
+            branch = left if depth[left] >= depth[right] else right
+            node.replace_all_uses_with(branch)
+            depth[node] = depth[branch]
+            graph.erase_node(node)
+            changed = True
+    if not changed:
+        return module
+    graph.eliminate_dead_code()
+    graph.lint()
+    stripped = fx.GraphModule(traced, graph)
+    stripped.delete_all_unused_submodules()
+    stripped.train(module.training)
+    return stripped
+
+
+# ----------------------------------------------------------------------------- Zen-Score
+@dataclass(frozen=True)
+class ZenResult:
+    score: float  # mean over repeats of log Δ + BN term
+    repeats: tuple[float, ...]
+    log_delta: tuple[float, ...]
+    bn_term: tuple[float, ...]
+
+    @property
+    def std(self) -> float:
+        values = torch.tensor(self.repeats, dtype=torch.float64)
+        return float(values.std(unbiased=False)) if len(self.repeats) > 1 else 0.0
+
+
+@contextmanager
+def _bn_momentum(module: nn.Module, momentum: float) -> Iterator[list[_BatchNorm]]:
+    bns = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = momentum
+    try:
+        yield bns
+    finally:
+        for m, value in zip(bns, saved, strict=True):
+            m.momentum = value
+
+
+def _bn_log_sigma(bns: list[_BatchNorm]) -> torch.Tensor:
+    """Σ over BN layers of log √(mean over channels of running_var)."""
+    if not bns:
+        return torch.zeros((), dtype=torch.float64)
+    means = torch.stack([m.running_var.double().mean() for m in bns])
+    return 0.5 * means.log().sum()
+
+
+def zen_score(
+    features: nn.Module,
+    input_shape: tuple[int, ...],
+    settings: ProxySettings,
+    generator: torch.Generator,
+) -> ZenResult:
+    """The Zen-Score of a feature extractor (images → pre-GAP map), residuals as it is given.
+
+    Per repeat: N(0, 1) re-initialisation, BN in train mode, x and ε ~ N(0, 1) of shape
+    (batch, *input_shape), Δ = batch mean of the per-sample L1 norm of f(x) − f(x + γε), score =
+    log Δ + Σ_BN log σ̄ (σ̄ per `settings.bn_term`). The result is the mean over repeats.
+
+    The BN term is read from the BN layers' own running_var: with momentum 1 it holds the clean
+    pass's (unbiased) mini-batch variance right after that pass (`paper`); with momentum 0.1 it
+    holds the reference's mixture after both passes (`reference`). A BN layer the input never
+    reaches keeps running_var = 1 and adds 0.
+    """
+    shape = (settings.batch_size, *input_shape)
+    momentum = 1.0 if settings.bn_term == "paper" else REFERENCE_BN_MOMENTUM
+    was_training = features.training
+    scores, deltas, terms = [], [], []
+    try:
+        features.train()
+        with torch.no_grad(), _bn_momentum(features, momentum) as bns:
+            for _ in range(settings.repeat):
+                gaussian_init(features, generator)
+                x = torch.randn(shape, generator=generator)
+                eps = torch.randn(shape, generator=generator)
+                clean = features(x)
+                if settings.bn_term == "paper":
+                    term = _bn_log_sigma(bns)
+                perturbed = features(x + settings.gamma * eps)
+                if settings.bn_term == "reference":
+                    term = _bn_log_sigma(bns)
+                delta = (clean - perturbed).abs().flatten(1).sum(1).mean()
+                log_delta = float(torch.log(delta.double()))
+                deltas.append(log_delta)
+                terms.append(float(term))
+                scores.append(log_delta + float(term))
+    finally:
+        features.train(was_training)
+    return ZenResult(sum(scores) / len(scores), tuple(scores), tuple(deltas), tuple(terms))
+
+
+# ----------------------------------------------------------------------------- other proxies
+def grad_norm(net: Scorable, settings: ProxySettings, generator: torch.Generator) -> float:
+    """‖∇θ CE‖₂ over all parameters after one backward of random labels on Gaussian images
+    (N(0, 1) init, train mode), as Zen-NAS computes it."""
+    model = net.model
+    gaussian_init(model, generator)
+    model.train()
+    x = torch.randn((settings.batch_size, *net.input_shape), generator=generator)
+    labels = torch.randint(net.num_classes, (settings.batch_size,), generator=generator)
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.enable_grad():
+        loss = nn.functional.cross_entropy(model(x), labels)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    total = sum(float(g.double().pow(2).sum()) for g in grads if g is not None)
+    return math.sqrt(total)
+
+
+def synflow(net: Scorable, settings: ProxySettings, generator: torch.Generator) -> float:
+    """Synaptic flow of |θ| on an all-ones image in float64 (see `ProxySettings.synflow`)."""
+    model = net.model
+    gaussian_init(model, generator)
+    dtype = next(model.parameters()).dtype
+    try:
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                if tensor.is_floating_point():
+                    tensor.abs_()
+        model.to(torch.float64)
+        model.train(settings.synflow == "reference")
+        x = torch.ones((1, *net.input_shape), dtype=torch.float64)
+        layers = [m for m in model.modules() if isinstance(m, (_ConvNd, nn.Linear))]
+        with torch.enable_grad():
+            output = model(x).sum()
+            grads = torch.autograd.grad(output, [m.weight for m in layers], allow_unused=True)
+        total = 0.0
+        for layer, grad in zip(layers, grads, strict=True):
+            if grad is None:
+                continue
+            flow = (layer.weight.detach() * grad).abs()
+            if settings.synflow == "reference":  # Σ over inputs/kernel, mean over outputs
+                total += float(flow.flatten(1).sum(1).mean())
+            else:
+                total += float(flow.sum())
+        return -total if settings.synflow == "reference" else total
+    finally:
+        model.to(dtype)
+
+
+def naswot(net: Scorable, settings: ProxySettings, generator: torch.Generator) -> float:
+    """log|det K| of the Hamming-similarity kernel of the activation patterns (NASWOT): for each
+    activation module's input, the per-sample binary code c = (x > 0), K += c·cᵀ + (1−c)(1−c)ᵀ."""
+    model = net.model
+    gaussian_init(model, generator)
+    model.train()
+    batch = settings.batch_size
+    kernel = torch.zeros(batch, batch, dtype=torch.float64)
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        code = (inputs[0] > 0).flatten(1).float()
+        kernel.add_((code @ code.T + (1 - code) @ (1 - code).T).double())
+
+    handles = [
+        m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, ACTIVATIONS)
+    ]
+    if not handles:
+        raise NascliError("naswot needs activation modules (nn.ReLU, nn.Hardswish, ...)")
+    try:
+        with torch.no_grad():
+            model(torch.randn((batch, *net.input_shape), generator=generator))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return float(torch.linalg.slogdet(kernel).logabsdet)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one image (torch's FLOP counter / 2), as nascli's analytic
+    counter defines them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            model(torch.zeros((1, *input_shape)))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def score(name: str, net: Scorable, settings: ProxySettings, generator: torch.Generator) -> float:
+    """Proxy `name` of `net`; bigger is better. The net's residuals are handled per
+    `settings.residuals` (params and MACs always count them)."""
+    if name == "params":
+        return float(net.params if net.params is not None else count_params(net.model))
+    if name == "macs":
+        return float(net.macs if net.macs is not None else count_macs(net.model, net.input_shape))
+    if name == "random":
+        return float(torch.randn((), generator=generator, dtype=torch.float64))
+    if name == "zen":
+        if net.features is None:
+            raise NascliError("the Zen-Score needs the network's pre-GAP feature extractor")
+        with without_residuals(net.features, settings.residuals) as features:
+            return zen_score(features, net.input_shape, settings, generator).score
+    functions: dict[str, Callable[[Scorable, ProxySettings, torch.Generator], float]] = {
+        "grad_norm": grad_norm,
+        "synflow": synflow,
+        "naswot": naswot,
+    }
+    if name not in functions:
+        raise NascliError(f"unknown proxy {name!r}; available: {', '.join(PROXIES)}")
+    with without_residuals(net.model, settings.residuals) as model:
+        plain = Scorable(model, None, net.input_shape, net.num_classes, net.params, net.macs)
+        return functions[name](plain, settings, generator)
+
+
+def scorable(network: Network) -> Scorable:
+    """A nascli architecture as proxies see it: a fresh standalone model built without any
+    initialisation (the proxies initialise it), its blocks before global pooling as features,
+    and its analytic params and MACs."""
+    with torch.device("meta"):
+        model = build_model(network, init=False)
+    model.to_empty(device="cpu")
+    s = network.settings
+    cost = network_cost(network)
+    pool = [layer.kind for layer in network.layers].index("gap")
+    features = model.features[:pool]  # everything before the global average pool
+    shape = (s.in_channels, s.resolution, s.resolution)
+    return Scorable(model, features, shape, s.num_classes, cost.params, cost.macs)

@@ -1,0 +1,292 @@
+"""Zero-shot evolutionary search (Zen-NAS's `evolution_search.py`, zennas.md §3), over a nascli
+search space's own decisions.
+
+Each iteration, as the reference: trim the population to its size by deleting the lowest
+score; make a candidate (while the population has ≤ `init_population` members, a 1-decision
+mutation of the initial architecture; afterwards a `mutations`-draw mutation of a parent chosen
+uniformly); check the budgets (params, MACs, peak memory, then the `cost=` model), a rejected
+candidate still using up the iteration; score it with the proxy on a freshly built network and
+add it. The result is the population's best score.
+
+Deliberate differences from the reference, for TuNAS's discrete spaces: a mutation draws among
+the decisions that are *active* in the parent (a kernel of a skipped layer changes nothing) and
+moves a decision to any other of its options uniformly, where the reference rescales widths by
+×[0.4, 2.5] and depths by ±2 in its own block grammar. Every iteration's random draws come from
+a generator seeded by (seed, iteration), so an interrupted search resumes exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+from nascli.cost.analytic import network_cost
+from nascli.cost.models import CostModel
+from nascli.errors import NascliError
+from nascli.search.policy import ancestors
+from nascli.search.proxies import PROXIES, ProxySettings, scorable, score
+from nascli.space.arch import load_architecture, sample_indices
+from nascli.space.network import NetworkSettings, decode
+from nascli.space.schema import Zero
+from nascli.space.spaces import SearchSpace
+
+#: Budgets in the order they are checked (cheapest first), with the analytic field they read.
+BUDGETS = (("params", "params"), ("macs", "macs"), ("peak_memory", "peak_memory_bytes"))
+
+
+@dataclass(frozen=True)
+class ZenSettings:
+    """The `strategy=zen` config group (see conf/strategy/zen.yaml)."""
+
+    name: str = "zen"
+    proxy: str = "zen"
+    population_size: int = 512
+    iterations: int = 480_000
+    #: smallest (every decision at its cheapest option: skips taken, smallest kernel, width
+    #: and expansion, no SE) | random (uniform draws until one fits the budgets) | an
+    #: architecture (indices, reference name, arch.json or run dir).
+    init: str = "smallest"
+    init_population: int = 10
+    mutations: int = 2
+    max_cost: float | None = None  # in the cost model's units; default: cost.target
+    max_params: float | None = None
+    max_macs: float | None = None
+    max_peak_memory: float | None = None  # bytes
+    log_every: int = 100
+    checkpoint_every: int = 500
+    proxy_settings: ProxySettings = field(default_factory=ProxySettings)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ZenSettings:
+        values = dict(cfg)
+        proxy_names = {f.name for f in fields(ProxySettings)}
+        own = {f.name for f in fields(cls)} - {"proxy_settings"}
+        unknown = sorted(set(values) - own - proxy_names)
+        if unknown:
+            raise NascliError(f"unknown strategy option(s) for zen: {', '.join(unknown)}")
+        proxy = ProxySettings.from_mapping(values)
+        settings = cls(**{k: v for k, v in values.items() if k in own}, proxy_settings=proxy)
+        if settings.proxy not in PROXIES:
+            raise NascliError(
+                f"strategy.proxy={settings.proxy!r}: choose one of {', '.join(PROXIES)}"
+            )
+        if min(settings.population_size, settings.iterations, settings.mutations) < 1:
+            raise NascliError("strategy.population_size, iterations and mutations must be ≥ 1")
+        return settings
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values |= values.pop("proxy_settings")
+        return values
+
+
+def smallest_indices(space: SearchSpace) -> tuple[int, ...]:
+    """Every decision at its cheapest option: `Zero` (a skip) where offered, else the smallest
+    value (kernel, expansion, width; SE off)."""
+    chosen = []
+    for decision in space.decisions:
+        choices = decision.choices
+        if any(isinstance(c, Zero) for c in choices):
+            chosen.append(next(i for i, c in enumerate(choices) if isinstance(c, Zero)))
+        elif all(isinstance(c, (int, float, bool)) for c in choices):
+            chosen.append(min(range(len(choices)), key=lambda i: choices[i]))
+        else:
+            chosen.append(0)
+    return tuple(chosen)
+
+
+def active_decisions(space: SearchSpace, indices: tuple[int, ...]) -> list[int]:
+    """Positions of the searchable (≥ 2 options) decisions that matter for `indices`."""
+    chains = _chains(space)
+    return [
+        position
+        for position, decision in enumerate(space.decisions)
+        if decision.num_choices > 1 and all(indices[p] == option for p, option in chains[position])
+    ]
+
+
+_CHAINS: dict[str, list[list[tuple[int, int]]]] = {}
+
+
+def _chains(space: SearchSpace) -> list[list[tuple[int, int]]]:
+    if space.name not in _CHAINS:
+        _CHAINS[space.name] = ancestors(space)
+    return _CHAINS[space.name]
+
+
+def mutate(
+    space: SearchSpace, parent: tuple[int, ...], draws: int, generator: torch.Generator
+) -> tuple[tuple[int, ...], list[int]]:
+    """A child of `parent`: `draws` positions drawn uniformly, with replacement, among the
+    parent's active decisions (a repeat is skipped, so 1..draws decisions change); each moves
+    to one of its other options, uniformly. Returns the child and the changed positions."""
+    active = active_decisions(space, parent)
+    if not active:
+        raise NascliError(f"{space.name} has no searchable decision to mutate")
+    child = list(parent)
+    changed: list[int] = []
+    for _ in range(draws):
+        position = active[int(torch.randint(len(active), (), generator=generator))]
+        if position in changed:
+            continue
+        others = [o for o in range(space.decisions[position].num_choices) if o != parent[position]]
+        child[position] = others[int(torch.randint(len(others), (), generator=generator))]
+        changed.append(position)
+    return tuple(child), changed
+
+
+@dataclass
+class Member:
+    indices: tuple[int, ...]
+    score: float
+    cost: float
+    params: int
+    macs: int
+    iteration: int
+
+
+@dataclass
+class Outcome:
+    """What one iteration did."""
+
+    iteration: int
+    status: str  # scored | over_params | over_macs | over_peak_memory | over_cost
+    indices: tuple[int, ...]
+    changed: list[int]
+    score: float | None = None
+    cost: float | None = None
+
+
+class EvolutionSearch:
+    """The population and one `step()` per iteration; `state()` / `load_state()` resume it."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        net_settings: NetworkSettings,
+        settings: ZenSettings,
+        cost_model: CostModel,
+        max_cost: float | None,
+        seed: int,
+    ):
+        self.space = space
+        self.net_settings = net_settings
+        self.settings = settings
+        self.cost_model = cost_model
+        self.max_cost = max_cost
+        self.seed = seed
+        self.iteration = 0
+        self.population: list[Member] = []
+        self.counts: dict[str, int] = {}
+        self.initial = self._initial()
+
+    # ------------------------------------------------------------------ set-up
+    def _initial(self) -> tuple[int, ...]:
+        init = str(self.settings.init)
+        if init == "smallest":
+            indices = smallest_indices(self.space)
+        elif init == "random":
+            indices = self._random_within_budget()
+        else:
+            indices = load_architecture(init, self.space).indices
+        reason = self.over_budget(indices)
+        if reason is not None:
+            raise NascliError(
+                f"the initial architecture ({init}) is already {reason.replace('_', ' ')}: "
+                "raise the budget or pick a smaller strategy.init"
+            )
+        return indices
+
+    def _random_within_budget(self, attempts: int = 10_000) -> tuple[int, ...]:
+        generator = torch.Generator().manual_seed(self.seed)
+        for _ in range(attempts):
+            indices = tuple(sample_indices(self.space, 1, generator)[0].tolist())
+            if self.over_budget(indices) is None:
+                return indices
+        raise NascliError(f"no random architecture fits the budgets in {attempts:,} draws")
+
+    def generator(self, iteration: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
+
+    # ------------------------------------------------------------------ one iteration
+    def measure(self, indices: tuple[int, ...]) -> tuple[dict[str, float], float]:
+        analytic = network_cost(decode(self.space, indices, self.net_settings))
+        values = {name: float(getattr(analytic, attr)) for name, attr in BUDGETS}
+        return values, self.cost_model.cost(indices)
+
+    def over_budget(self, indices: tuple[int, ...]) -> str | None:
+        """The first budget `indices` exceeds ("over_<name>"), or None."""
+        return self.check(*self.measure(indices))
+
+    def check(self, values: dict[str, float], cost: float) -> str | None:
+        for name, _ in BUDGETS:
+            limit = getattr(self.settings, f"max_{name}")
+            if limit is not None and values[name] > limit:
+                return f"over_{name}"
+        if self.max_cost is not None and cost > self.max_cost:
+            return "over_cost"
+        return None
+
+    def score(self, indices: tuple[int, ...], generator: torch.Generator) -> float:
+        """The proxy of a freshly built network of `indices`."""
+        net = scorable(decode(self.space, indices, self.net_settings))
+        value = score(self.settings.proxy, net, self.settings.proxy_settings, generator)
+        if value != value or value in (float("inf"), float("-inf")):  # the reference's −9999
+            return -9999.0
+        return value
+
+    def step(self) -> Outcome:
+        settings = self.settings
+        while len(self.population) > settings.population_size:
+            worst = min(range(len(self.population)), key=lambda i: self.population[i].score)
+            del self.population[worst]
+        generator = self.generator(self.iteration)
+        if len(self.population) <= settings.init_population:
+            parent, draws = self.initial, 1
+        else:
+            choice = int(torch.randint(len(self.population), (), generator=generator))
+            parent, draws = self.population[choice].indices, settings.mutations
+        child, changed = mutate(self.space, parent, draws, generator)
+        outcome = Outcome(self.iteration, "scored", child, changed)
+        values, cost = self.measure(child)
+        reason = self.check(values, cost)
+        outcome.cost = cost
+        if reason is not None:
+            outcome.status = reason
+        else:
+            value = self.score(child, generator)
+            self.population.append(
+                Member(child, value, cost, int(values["params"]), int(values["macs"]),
+                       self.iteration)
+            )  # fmt: skip
+            outcome.score = value
+        self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
+        self.iteration += 1
+        return outcome
+
+    # ------------------------------------------------------------------ results
+    def best(self) -> Member:
+        if not self.population:
+            raise NascliError(
+                "no candidate fitted the budgets: every iteration was rejected "
+                f"({', '.join(f'{k} {v}' for k, v in sorted(self.counts.items()))})"
+            )
+        return max(self.population, key=lambda m: m.score)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "population": [asdict(m) for m in self.population],
+            "counts": dict(self.counts),
+            "initial": list(self.initial),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.iteration = state["iteration"]
+        self.population = [
+            Member(**{**m, "indices": tuple(m["indices"])}) for m in state["population"]
+        ]
+        self.counts = dict(state["counts"])
+        self.initial = tuple(state["initial"])
