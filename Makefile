@@ -36,6 +36,7 @@ bench: setup  ## benchmarks whose numbers the README quotes
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_latency.py --threads 1
 	$(BIN)/python scripts/bench_search.py
+	$(BIN)/python scripts/bench_zen.py
 
 clean:
 	rm -rf $(VENV) runs multirun .pytest_cache .ruff_cache
