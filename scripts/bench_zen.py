@@ -1,8 +1,9 @@
 """Benchmark: the Zen-Score's cost against its floor, and architectures scored per second.
 
 For N architectures sampled from a space, at the CPU default of `strategy=zen` (32×32, 1
-channel, batch 64), with a 16-image batch, and at 224×224 (3 channels, batch 16): the Zen-Score of the network (N(0, 1) re-initialisation, two train-mode
-passes, L1 difference, BN term) is timed side by side with the floor it cannot beat: the same
+channel, batch 64), with a 16-image batch, and at 224×224 (3 channels, batch 16): the
+Zen-Score of the network (N(0, 1) re-initialisation, two train-mode passes, L1 difference, BN
+term) is timed side by side with the floor it cannot beat: the same
 network without residuals doing the same two forward passes on the same-sized batches, nothing
 else. Both are timed alternately, `--repeats` times each per architecture, after one warm-up;
 the medians are compared. Target: Zen-Score ≤ 1.2× the two passes at the CPU default. The
