@@ -16,6 +16,7 @@ from nascli.search.zen import (
 )
 from nascli.space.arch import get_space, validate_indices
 from nascli.space.network import NetworkSettings, decode
+from nascli.space.references import references_in
 from tests.conftest import SPACE_NAMES, TINY, random_archs
 
 SMALL = NetworkSettings(resolution=16, num_classes=4, in_channels=1, width_multiplier=0.25)
@@ -215,3 +216,13 @@ def test_zen_search_result_is_built_and_compared(run_cli, tmp_path):
     assert built.exit_code == 0, built.output
     compared = run_cli("compare", str(out), "--plot", "")
     assert compared.exit_code == 0 and "zen" in compared.output
+
+
+def test_random_and_named_initial_architectures():
+    probe = make_search()
+    limit = probe.cost_model.cost(probe.initial) + 25.0
+    search = make_search(max_cost=limit, init="random", seed=3)
+    assert search.cost_model.cost(search.initial) <= limit
+    assert search.initial != probe.initial
+    named = make_search(init="proxylessnas_mobile")
+    assert named.initial == references_in(get_space("proxylessnas"))["proxylessnas_mobile"]

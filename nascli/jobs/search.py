@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nascli.config import fingerprint_sections, network_settings, run_directory
-from nascli.cost.analytic import network_cost
+from nascli.cost.analytic import NetworkCost, network_cost
 from nascli.cost.models import make_cost_model
 from nascli.data import load_data
 from nascli.errors import NascliError
@@ -247,12 +247,7 @@ def finish(
     plots.search_curves(out / "plots" / "search_curves.png", log, target, units)
     plots.probability_heatmap(out / "plots" / "policy_heatmap.png", log)
 
-    table = Table(title="searched architecture", title_justify="left", show_header=False)
-    table.add_row("space", space.title)
-    table.add_row("indices", arch.text)
-    where = "" if not target else f" ({value / target - 1:+.1%} vs target {target:g} {units})"
-    table.add_row(f"cost ({search.cost_model.name})", f"{value:.4g} {units}{where}")
-    table.add_row("params · MACs", f"{human(cost.params)} · {human(cost.macs)}")
+    table = result_table(arch, space.title, cost, search.cost_model.name, value, units, target)
     table.add_row("steps · images", f"{search.step:,} · {summary['images']:,}")
     table.add_row("search time", f"{seconds:.0f} s")
     console.print(table)
@@ -261,3 +256,23 @@ def finish(
         f"`nascli retrain arch={out}`",
         soft_wrap=True,
     )
+
+
+def result_table(
+    arch: Architecture,
+    title: str,
+    cost: NetworkCost,
+    cost_name: str,
+    value: float,
+    units: str,
+    target: float | None,
+    relation: str = "target",
+) -> Table:
+    """The rows every strategy reports for its architecture (callers add their own)."""
+    table = Table(title="searched architecture", title_justify="left", show_header=False)
+    table.add_row("space", title)
+    table.add_row("indices", arch.text)
+    where = "" if not target else f" ({value / target - 1:+.1%} vs {relation} {target:g} {units})"
+    table.add_row(f"cost ({cost_name})", f"{value:.4g} {units}{where}")
+    table.add_row("params · MACs", f"{human(cost.params)} · {human(cost.macs)}")
+    return table

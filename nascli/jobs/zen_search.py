@@ -18,7 +18,6 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.table import Table
 
 from nascli.config import fingerprint_sections, network_settings, run_directory
 from nascli.cost.analytic import network_cost
@@ -26,6 +25,7 @@ from nascli.cost.models import make_cost_model
 from nascli.errors import NascliError
 from nascli.files import write_csv, write_json
 from nascli.jobs.build import arch_record
+from nascli.jobs.search import result_table
 from nascli.report import plots
 from nascli.report.tables import human
 from nascli.search.tunas import default_target
@@ -209,13 +209,10 @@ def finish(
         max_cost,
         units,
     )
-    table = Table(title="searched architecture", title_justify="left", show_header=False)
-    table.add_row("space", space.title)
-    table.add_row("indices", arch.text)
+    table = result_table(
+        arch, space.title, cost, search.cost_model.name, best.cost, units, max_cost, "budget"
+    )
     table.add_row(f"{settings.proxy} score", f"{best.score:.4g}")
-    where = "" if not max_cost else f" ({best.cost / max_cost - 1:+.1%} vs budget {max_cost:g})"
-    table.add_row(f"cost ({search.cost_model.name})", f"{best.cost:.4g} {units}{where}")
-    table.add_row("params · MACs", f"{human(cost.params)} · {human(cost.macs)}")
     table.add_row(
         "iterations",
         f"{search.iteration:,} ({scored:,} scored, {search.iteration - scored:,} over budget)",

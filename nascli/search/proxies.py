@@ -141,14 +141,21 @@ def without_residuals(module: nn.Module, residuals: str = "drop") -> Iterator[nn
     if not flagged:
         yield strip_residual_adds(module)
         return
-    saved = [m.residual for m in flagged]
-    for m in flagged:
-        m.residual = False
-    try:
+    with _set_attribute(flagged, "residual", False):
         yield module
+
+
+@contextmanager
+def _set_attribute(modules: list[nn.Module], name: str, value: Any) -> Iterator[list[nn.Module]]:
+    """`module.name = value` for each of `modules` for the duration, then the old values."""
+    saved = [getattr(m, name) for m in modules]
+    for m in modules:
+        setattr(m, name, value)
+    try:
+        yield modules
     finally:
-        for m, value in zip(flagged, saved, strict=True):
-            m.residual = value
+        for m, old in zip(modules, saved, strict=True):
+            setattr(m, name, old)
 
 
 _ADDS = {operator.add, operator.iadd, torch.add}
@@ -205,19 +212,6 @@ class ZenResult:
         return float(values.std(unbiased=False)) if len(self.repeats) > 1 else 0.0
 
 
-@contextmanager
-def _bn_momentum(module: nn.Module, momentum: float) -> Iterator[list[_BatchNorm]]:
-    bns = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.momentum = momentum
-    try:
-        yield bns
-    finally:
-        for m, value in zip(bns, saved, strict=True):
-            m.momentum = value
-
-
 def _bn_log_sigma(bns: list[_BatchNorm]) -> torch.Tensor:
     """Σ over BN layers of log √(mean over channels of running_var)."""
     if not bns:
@@ -249,7 +243,8 @@ def zen_score(
     scores, deltas, terms = [], [], []
     try:
         features.train()
-        with torch.no_grad(), _bn_momentum(features, momentum) as bns:
+        bns = [m for m in features.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+        with torch.no_grad(), _set_attribute(bns, "momentum", momentum):
             for _ in range(settings.repeat):
                 gaussian_init(features, generator)
                 x = torch.randn(shape, generator=generator)
