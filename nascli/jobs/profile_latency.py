@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from nascli.cost.timing import Protocol, measure, protocol_from_config
 from nascli.errors import NascliError
 from nascli.files import write_json
 from nascli.jobs.build import configured_network
+from nascli.report import plots
 from nascli.report.tables import human
 from nascli.space.arch import get_space, sample_indices
 from nascli.space.network import decode
@@ -67,12 +67,7 @@ def measure_one(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
 
 
 def scatter_plot(path: Path, frame: pd.DataFrame, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(frame["measured_ms"], frame["predicted_ms"], s=12)
     low = float(frame[["measured_ms", "predicted_ms"]].min().min())
@@ -84,9 +79,7 @@ def scatter_plot(path: Path, frame: pd.DataFrame, title: str) -> None:
     ax.set_ylabel("LUT prediction (ms)")
     ax.set_title(title, fontsize=9)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path) -> None:

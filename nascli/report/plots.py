@@ -20,6 +20,13 @@ def pyplot() -> Any:
     return plt
 
 
+def save(fig: Any, path: Path, dpi: int = 120) -> None:
+    """Lay out, write as a PNG and release a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+
+
 def search_curves(path: Path, log: pd.DataFrame, target: float | None, units: str) -> None:
     """Reward, baseline and valid accuracy, and cost with its target, against the step."""
     plt = pyplot()
@@ -36,9 +43,7 @@ def search_curves(path: Path, log: pd.DataFrame, target: float | None, units: st
     bottom.set_ylabel(f"cost ({units})")
     bottom.set_xlabel("step")
     bottom.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def probability_heatmap(path: Path, log: pd.DataFrame) -> None:
@@ -65,9 +70,7 @@ def probability_heatmap(path: Path, log: pd.DataFrame) -> None:
     ax.set_xlabel("step")
     ax.set_title("policy probability of each option", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path, dpi=130)
 
 
 def accuracy_vs_cost(
@@ -94,9 +97,7 @@ def accuracy_vs_cost(
     ax.set_xlabel(f"cost ({units})")
     ax.set_ylabel("valid top-1")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def evolution_curves(
@@ -129,9 +130,7 @@ def evolution_curves(
     right.set_ylabel(f"{proxy} score")
     right.set_title("final population", fontsize=9)
     right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def proxy_scatter(
@@ -151,6 +150,4 @@ def proxy_scatter(
         ax.set_ylabel(accuracy, fontsize=8)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
