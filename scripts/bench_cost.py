@@ -15,9 +15,8 @@ import time
 import torch
 from rich.console import Console
 from rich.table import Table
-from torch.utils.flop_counter import FlopCounterMode
 
-from nascli.cost.analytic import network_cost
+from nascli.cost.analytic import count_macs, count_params, network_cost
 from nascli.nn.builder import build_model
 from nascli.report.machine import cpu_model
 from nascli.space.arch import sample_indices
@@ -37,10 +36,9 @@ def analytic_rate(space, archs, settings) -> float:
 def module_rate(space, archs, settings) -> float:
     start = time.perf_counter()
     for indices in archs:
-        model = build_model(decode(space, indices, settings)).eval()
-        sum(p.numel() for p in model.parameters())
-        with FlopCounterMode(display=False), torch.no_grad():
-            model(torch.zeros(1, 3, settings.resolution, settings.resolution))
+        model = build_model(decode(space, indices, settings))
+        count_params(model)
+        count_macs(model, (3, settings.resolution, settings.resolution))
     return len(archs) / (time.perf_counter() - start)
 
 

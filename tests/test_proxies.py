@@ -5,14 +5,13 @@ import pytest
 import torch
 from torch import nn
 
+from nascli.cost.analytic import count_macs, count_params
 from nascli.errors import NascliError
 from nascli.report.ranking import kendall_tau, spearman_rho
 from nascli.search.proxies import (
     PROXIES,
     ProxySettings,
     Scorable,
-    count_macs,
-    count_params,
     scorable,
     score,
     strip_residual_adds,

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from torch import nn
+
 from nascli.space.network import LayerArgs, Network
 
 
@@ -80,3 +83,24 @@ def network_cost(network: Network, bytes_per_element: int = 4) -> NetworkCost:
         peak_memory_bytes=max(c.peak_elements for c in layers) * bytes_per_element,
         layers=layers,
     )
+
+
+def count_params(model: nn.Module) -> int:
+    """Params of any built module, as the analytic count defines them."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """MACs of one image through any built module (torch's FLOP counter / 2, one forward pass),
+    as the analytic count defines them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            model(torch.zeros((1, *input_shape)))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2

@@ -33,7 +33,7 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from nascli.cost.analytic import network_cost
+from nascli.cost.analytic import count_macs, count_params, network_cost
 from nascli.errors import NascliError
 from nascli.nn.builder import build_model
 from nascli.space.network import Network
@@ -338,26 +338,6 @@ def naswot(net: Scorable, settings: ProxySettings, generator: torch.Generator) -
         for handle in handles:
             handle.remove()
     return float(torch.linalg.slogdet(kernel).logabsdet)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one image (torch's FLOP counter / 2), as nascli's analytic
-    counter defines them."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    try:
-        with torch.no_grad(), counter:
-            model(torch.zeros((1, *input_shape)))
-    finally:
-        model.train(was_training)
-    return counter.get_total_flops() // 2
 
 
 def score(name: str, net: Scorable, settings: ProxySettings, generator: torch.Generator) -> float:
