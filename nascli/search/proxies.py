@@ -33,7 +33,7 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from nascli.cost.analytic import count_macs, count_params, network_cost
+from nascli.cost.analytic import NetworkCost, count_macs, count_params, network_cost
 from nascli.errors import NascliError
 from nascli.nn.builder import build_model
 from nascli.space.network import Network
@@ -366,15 +366,15 @@ def score(name: str, net: Scorable, settings: ProxySettings, generator: torch.Ge
         return functions[name](plain, settings, generator)
 
 
-def scorable(network: Network) -> Scorable:
+def scorable(network: Network, cost: NetworkCost | None = None) -> Scorable:
     """A nascli architecture as proxies see it: a fresh standalone model built without any
     initialisation (the proxies initialise it), its blocks before global pooling as features,
-    and its analytic params and MACs."""
+    and its analytic params and MACs (`cost`, computed when not given)."""
     with torch.device("meta"):
         model = build_model(network, init=False)
     model.to_empty(device="cpu")
     s = network.settings
-    cost = network_cost(network)
+    cost = cost if cost is not None else network_cost(network)
     pool = [layer.kind for layer in network.layers].index("gap")
     features = model.features[:pool]  # everything before the global average pool
     shape = (s.in_channels, s.resolution, s.resolution)

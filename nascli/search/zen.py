@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from nascli.cost.analytic import network_cost
+from nascli.cost.analytic import NetworkCost, network_cost
 from nascli.cost.models import CostModel
 from nascli.errors import NascliError
 from nascli.search.policy import ancestors
 from nascli.search.proxies import PROXIES, ProxySettings, scorable, score
 from nascli.space.arch import load_architecture, sample_indices
-from nascli.space.network import NetworkSettings, decode
+from nascli.space.network import Network, NetworkSettings, decode
 from nascli.space.schema import Zero
 from nascli.space.spaces import SearchSpace
 
@@ -211,27 +211,28 @@ class EvolutionSearch:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
 
     # ------------------------------------------------------------------ one iteration
-    def measure(self, indices: tuple[int, ...]) -> tuple[dict[str, float], float]:
-        analytic = network_cost(decode(self.space, indices, self.net_settings))
-        values = {name: float(getattr(analytic, attr)) for name, attr in BUDGETS}
-        return values, self.cost_model.cost(indices)
+    def measure(self, indices: tuple[int, ...]) -> tuple[Network, NetworkCost, float]:
+        """The decoded network of `indices`, its analytic costs and its `cost=` model cost."""
+        network = decode(self.space, indices, self.net_settings)
+        return network, network_cost(network), self.cost_model.cost(indices)
 
     def over_budget(self, indices: tuple[int, ...]) -> str | None:
         """The first budget `indices` exceeds ("over_<name>"), or None."""
-        return self.check(*self.measure(indices))
+        _, analytic, cost = self.measure(indices)
+        return self.check(analytic, cost)
 
-    def check(self, values: dict[str, float], cost: float) -> str | None:
-        for name, _ in BUDGETS:
+    def check(self, analytic: NetworkCost, cost: float) -> str | None:
+        for name, attr in BUDGETS:
             limit = getattr(self.settings, f"max_{name}")
-            if limit is not None and values[name] > limit:
+            if limit is not None and getattr(analytic, attr) > limit:
                 return f"over_{name}"
         if self.max_cost is not None and cost > self.max_cost:
             return "over_cost"
         return None
 
-    def score(self, indices: tuple[int, ...], generator: torch.Generator) -> float:
-        """The proxy of a freshly built network of `indices`."""
-        net = scorable(decode(self.space, indices, self.net_settings))
+    def score(self, network: Network, analytic: NetworkCost, generator: torch.Generator) -> float:
+        """The proxy of a freshly built `network`."""
+        net = scorable(network, analytic)
         value = score(self.settings.proxy, net, self.settings.proxy_settings, generator)
         if value != value or value in (float("inf"), float("-inf")):  # the reference's −9999
             return -9999.0
@@ -250,17 +251,16 @@ class EvolutionSearch:
             parent, draws = self.population[choice].indices, settings.mutations
         child, changed = mutate(self.space, parent, draws, generator)
         outcome = Outcome(self.iteration, "scored", child, changed)
-        values, cost = self.measure(child)
-        reason = self.check(values, cost)
+        network, analytic, cost = self.measure(child)
+        reason = self.check(analytic, cost)
         outcome.cost = cost
         if reason is not None:
             outcome.status = reason
         else:
-            value = self.score(child, generator)
+            value = self.score(network, analytic, generator)
             self.population.append(
-                Member(child, value, cost, int(values["params"]), int(values["macs"]),
-                       self.iteration)
-            )  # fmt: skip
+                Member(child, value, cost, analytic.params, analytic.macs, self.iteration)
+            )
             outcome.score = value
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
         self.iteration += 1
