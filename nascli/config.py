@@ -89,8 +89,10 @@ class CostConfig:
     warmup: int = 10
     runs: int = 30
     channels_last: bool = False
-    calibrate: int = 20  # profile-latency: end-to-end archs the LUT correction is fitted on
+    allocator: str = "steady"  # steady: malloc keeps freed memory (see cost/timing.py) | default
+    calibrate: int = 30  # profile-latency: end-to-end archs the LUT correction is fitted on
     validate: int = 50  # profile-latency: other archs the LUT is validated on
+    rounds: int = 5  # profile-latency: end-to-end runs are split into rounds over all the archs
     cache: bool = True  # profile-latency: also store the table in the user cache
 
 

@@ -2,15 +2,34 @@
 
 import itertools
 import json
+import platform
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from nascli.config import CostConfig
-from nascli.cost.lut import LookupTable, distinct_layers, fit_corrections, layer_key, profile_layers
+from nascli.cost.lut import (
+    LookupTable,
+    choose_correction,
+    distinct_layers,
+    fit_corrections,
+    layer_key,
+    profile_layers,
+)
 from nascli.cost.models import AnalyticCost, Pixel1Cost, make_cost_model
-from nascli.cost.timing import Protocol, measure, thread_count, time_runs
+from nascli.cost.timing import (
+    REWARM,
+    Protocol,
+    measure,
+    measure_many,
+    protocol_from_config,
+    thread_count,
+    time_runs,
+)
 from nascli.errors import NascliError
 from nascli.space.arch import sample_indices
 from nascli.space.network import NetworkSettings, decode
@@ -95,13 +114,108 @@ def test_profiling_skips_what_was_already_measured():
     assert first not in timed and len(timed) == len(layers) - 1
 
 
-def test_corrections_recover_a_known_line():
-    sums = torch.linspace(1, 10, 20).numpy()
-    fits = fit_corrections(sums, 1.5 * sums + 2.0)
-    assert fits["linear"]["scale"] == pytest.approx(1.5) and fits["linear"][
-        "offset"
-    ] == pytest.approx(2.0)
-    assert fits["overhead"]["scale"] == 1.0
+def test_corrections_recover_known_surfaces_and_the_simplest_that_fits_is_chosen():
+    rng = np.random.default_rng(0)
+    sums, mparams = rng.uniform(1, 10, 20), rng.uniform(0.5, 8, 20)
+    with_weights = 1.2 * sums + 0.3 * mparams + 0.5
+    fits = fit_corrections(sums, mparams, with_weights)
+    assert fits["weights"] == pytest.approx({"scale": 1.2, "per_mparam": 0.3, "offset": 0.5})
+    assert fits["overhead"]["scale"] == 1.0 and fits["linear"]["per_mparam"] == 0.0
+    assert choose_correction(sums, mparams, with_weights) == "weights"
+    line = 1.5 * sums + 2.0
+    assert fit_corrections(sums, mparams, line)["linear"] == pytest.approx(
+        {"scale": 1.5, "per_mparam": 0.0, "offset": 2.0}
+    )
+    # `weights` fits a line exactly too: the tie goes to the simpler correction.
+    assert choose_correction(sums, mparams, line) == "linear"
+    assert choose_correction(sums, mparams, sums + 0.7) == "overhead"
+    with pytest.raises(NascliError, match="at least 4"):
+        choose_correction(sums[:3], mparams[:3], line[:3])
+
+
+def test_the_weights_correction_uses_each_networks_parameter_count(tmp_path):
+    from nascli.cost.analytic import network_cost
+
+    table = fake_table("mnv3")
+    table.correction = {"scale": 2.0, "per_mparam": 0.25, "offset": 0.5}
+    network = decode(SPACES["mnv3"], [1] * len(SPACES["mnv3"].decisions), PROXY)
+    expected = 2.0 * table.layer_sum(network) + 0.25 * network_cost(network).params / 1e6 + 0.5
+    assert table.predict(network) == pytest.approx(expected)
+    # A table written before the weights term existed still loads, with no weights term.
+    table.save(tmp_path / "lut.csv")
+    info = json.loads((tmp_path / "lut.json").read_text())
+    info["correction"] = {"scale": 2.0, "offset": 0.5}
+    (tmp_path / "lut.json").write_text(json.dumps(info))
+    old = LookupTable.load(tmp_path / "lut.csv")
+    assert old.predict(network) == pytest.approx(2.0 * table.layer_sum(network) + 0.5)
+
+
+class Recorder(torch.nn.Module):
+    def __init__(self, name, calls):
+        super().__init__()
+        self.name, self.calls = name, calls
+
+    def forward(self, x):
+        self.calls.append(self.name)
+        return x
+
+
+def test_interleaved_measurement_visits_every_module_in_each_round():
+    calls = []
+    items = [(Recorder(name, calls), (1, 2)) for name in "ab"]
+    protocol = Protocol(threads=1, warmup=4, runs=6)
+    rounds = []
+    timings = measure_many(items, protocol, rounds=3, on_round=rounds.append)
+    first = ["a"] * (4 + 2) + ["b"] * (4 + 2)
+    later = ["a"] * (REWARM + 2) + ["b"] * (REWARM + 2)
+    assert calls == first + later + later
+    assert [t.runs for t in timings] == [6, 6] and rounds == [1, 2, 3]
+    # Runs that do not split evenly are rounded up, never down.
+    assert measure_many(items[:1], Protocol(threads=1, warmup=0, runs=5), rounds=2)[0].runs == 6
+    with pytest.raises(NascliError, match="rounds"):
+        measure_many(items, protocol, rounds=0)
+
+
+FAULTS = """
+import resource, sys, torch
+from torch import nn
+from nascli.cost.timing import keep_freed_memory
+if sys.argv[1] == "steady":
+    assert keep_freed_memory()
+torch.set_num_threads(2)  # the worker threads' arenas are the ones glibc trims
+# An inverted bottleneck whose 144×64×64 activations glibc would unmap and fault back in.
+m = nn.Sequential(nn.Conv2d(24, 144, 1), nn.BatchNorm2d(144), nn.ReLU(),
+                  nn.Conv2d(144, 144, 3, 2, 1, groups=144), nn.BatchNorm2d(144), nn.ReLU(),
+                  nn.Conv2d(144, 16, 1)).eval()
+x = torch.randn(1, 24, 64, 64)
+with torch.inference_mode():
+    for _ in range(5):
+        m(x)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        m(x)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
+)
+def test_the_steady_allocator_stops_page_faults_between_runs():
+    def faults(allocator):
+        command = [sys.executable, "-c", FAULTS, allocator]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+        return int(result.stdout)
+
+    default, steady = faults("default"), faults("steady")
+    assert default > 5000 and steady < default / 10, (default, steady)
+
+
+def test_the_allocator_is_checked_and_recorded():
+    protocol = protocol_from_config(cost_config("measured"), "cpu")
+    assert protocol.describe()["allocator"] in ("steady", "default")
+    with pytest.raises(NascliError, match=r"cost\.allocator='bogus': choose steady, default"):
+        protocol_from_config(cost_config("measured", allocator="bogus"), "cpu")
 
 
 def test_tables_from_elsewhere_or_corrupt_are_refused(tmp_path):
@@ -153,8 +267,6 @@ QUICK = ["cost.calibrate=4", "cost.validate=4", "cost.runs=3", "cost.warmup=1", 
 def test_profile_latency_builds_validates_caches_and_resumes(tmp_path, monkeypatch):
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
@@ -176,7 +288,7 @@ def test_profile_latency_builds_validates_caches_and_resumes(tmp_path, monkeypat
         p.name for p in out.iterdir()
     }
     meta = json.loads((out / "lut.json").read_text())["meta"]
-    assert meta["threads"] == 1 and meta["correction_kind"] in ("overhead", "linear")
+    assert meta["threads"] == 1 and meta["correction_kind"] in ("overhead", "linear", "weights")
     assert set(meta["validation"]["linear"]) >= {"within_10", "within_5", "mape", "spearman"}
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     lut = make_cost_model(

@@ -1,9 +1,12 @@
 """Latency lookup tables: every distinct layer a space can produce, timed on this machine.
 
 A network's predicted latency is the sum of its layers' entries plus a correction fitted on a
-few end-to-end measurements (a constant per-network overhead, or a linear term when that fits
-better). A layer missing from the table is an error naming it, never a silent zero; a table
-measured on another machine or with other settings is refused.
+few end-to-end measurements: a constant per-network overhead, a line in the sum, or a line in
+the sum and the network's weights (a layer timed alone keeps its weights in cache; inside a
+network they were evicted by the rest of it). The correction is chosen by leave-one-out error
+on the calibration networks, before the validation networks are looked at. A layer missing
+from the table is an error naming it, never a silent zero; a table measured on another machine
+or with other settings is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from nascli.cost.analytic import network_cost
 from nascli.errors import NascliError
 from nascli.files import atomic_path, write_json
 from nascli.nn.builder import build_layer
@@ -87,7 +91,7 @@ class LookupTable:
 
     entries: dict[str, float]
     meta: dict[str, Any]
-    correction: dict[str, float] = field(default_factory=lambda: {"scale": 1.0, "offset": 0.0})
+    correction: dict[str, float] = field(default_factory=lambda: dict(NO_CORRECTION))
 
     def layer_sum(self, network: Network) -> float:
         total = 0.0
@@ -103,7 +107,8 @@ class LookupTable:
 
     def predict(self, network: Network) -> float:
         """Predicted end-to-end latency in milliseconds."""
-        return self.correction["scale"] * self.layer_sum(network) + self.correction["offset"]
+        mparams = network_cost(network).params / 1e6
+        return float(corrected(self.correction, self.layer_sum(network), mparams))
 
     def save(self, path: Path) -> None:
         """`path` (CSV: key, median_ms) and `path.json` (metadata and correction)."""
@@ -139,18 +144,62 @@ class LookupTable:
                     f"{k}: table {info['meta'].get(k)!r}, here {expected[k]!r}" for k in differs
                 )
                 raise NascliError(f"{path} was measured under other settings ({details})")
-        return cls(entries, info["meta"], info["correction"])
+        return cls(entries, info["meta"], {**NO_CORRECTION, **info["correction"]})
 
 
-def fit_corrections(sums: np.ndarray, measured: np.ndarray) -> dict[str, dict[str, float]]:
-    """Two candidate corrections from calibration measurements: a constant overhead, and a
-    least-squares line measured ≈ scale·sum + offset."""
-    overhead = float(np.median(measured - sums))
-    scale, offset = np.polyfit(sums, measured, 1)
-    return {
-        "overhead": {"scale": 1.0, "offset": overhead},
-        "linear": {"scale": float(scale), "offset": float(offset)},
-    }
+#: measured ≈ scale·layer_sum + per_mparam·(params / 1e6) + offset.
+NO_CORRECTION = {"scale": 1.0, "per_mparam": 0.0, "offset": 0.0}
+CORRECTIONS = ("overhead", "linear", "weights")
+
+
+def corrected(correction: dict[str, float], sums: Any, mparams: Any) -> Any:
+    """A correction applied to layer sums (ms) of networks with `mparams` million weights."""
+    c = {**NO_CORRECTION, **correction}
+    return c["scale"] * sums + c["per_mparam"] * mparams + c["offset"]
+
+
+def fit_correction(
+    kind: str, sums: np.ndarray, mparams: np.ndarray, measured: np.ndarray
+) -> dict[str, float]:
+    """`overhead`: a constant per-network overhead (the median residual); `linear`: least
+    squares in the sum; `weights`: least squares in the sum and the weights."""
+    if kind == "overhead":
+        return {**NO_CORRECTION, "offset": float(np.median(measured - sums))}
+    columns = [sums, mparams] if kind == "weights" else [sums]
+    design = np.column_stack([*columns, np.ones_like(sums)])
+    coef = np.linalg.lstsq(design, measured, rcond=None)[0].tolist()
+    fit = {"scale": coef[0], "offset": coef[-1]}
+    if kind == "weights":
+        fit["per_mparam"] = coef[1]
+    return {**NO_CORRECTION, **fit}
+
+
+def fit_corrections(
+    sums: np.ndarray, mparams: np.ndarray, measured: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Every candidate correction fitted on all the calibration measurements."""
+    return {kind: fit_correction(kind, sums, mparams, measured) for kind in CORRECTIONS}
+
+
+def leave_one_out_error(
+    kind: str, sums: np.ndarray, mparams: np.ndarray, measured: np.ndarray
+) -> float:
+    """Mean absolute relative error of `kind` on each calibration network, fitted without it."""
+    errors = []
+    for i in range(len(sums)):
+        keep = np.arange(len(sums)) != i
+        fit = fit_correction(kind, sums[keep], mparams[keep], measured[keep])
+        errors.append(abs(corrected(fit, sums[i], mparams[i]) / measured[i] - 1))
+    return float(np.mean(errors))
+
+
+def choose_correction(sums: np.ndarray, mparams: np.ndarray, measured: np.ndarray) -> str:
+    """The candidate with the least leave-one-out error on the calibration networks (the
+    simpler one on a tie); needs more networks than the largest fit has terms."""
+    if len(sums) < 4:
+        raise NascliError("cost.calibrate must be at least 4 to choose a LUT correction")
+    errors = {kind: leave_one_out_error(kind, sums, mparams, measured) for kind in CORRECTIONS}
+    return min(CORRECTIONS, key=lambda kind: (round(errors[kind], 6), CORRECTIONS.index(kind)))
 
 
 def accuracy(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:

@@ -19,15 +19,18 @@ from nascli.cost.analytic import network_cost
 from nascli.cost.lut import (
     LookupTable,
     accuracy,
+    choose_correction,
+    corrected,
     distinct_layers,
     fit_corrections,
     profile_layers,
 )
 from nascli.cost.models import cached_lut_path, lut_identity, measure_network
-from nascli.cost.timing import Protocol, measure, protocol_from_config
+from nascli.cost.timing import Protocol, measure, measure_many, protocol_from_config
 from nascli.errors import NascliError
 from nascli.files import write_json
 from nascli.jobs.build import configured_network
+from nascli.nn.builder import build_model
 from nascli.report import plots
 from nascli.report.tables import human
 from nascli.space.arch import get_space, sample_indices
@@ -82,6 +85,13 @@ def scatter_plot(path: Path, frame: pd.DataFrame, title: str) -> None:
     plots.save(fig, path)
 
 
+def describe_correction(fit: dict[str, float]) -> str:
+    text = f"{fit['scale']:.3f}·sum"
+    if fit["per_mparam"]:
+        text += f" {fit['per_mparam']:+.3f}·Mparams"
+    return f"{text} {fit['offset']:+.3f} ms"
+
+
 def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path) -> None:
     space = get_space(cfg.space.name)
     settings = network_settings(cfg)
@@ -118,28 +128,38 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
 
         generator = torch.Generator().manual_seed(cfg.seed)
         archs = sample_indices(space, cfg.cost.calibrate + cfg.cost.validate, generator)
-        rows = []
-        task = bar.add_task("end-to-end networks", total=len(archs))
-        for indices in archs.tolist():
-            network = decode(space, indices, settings)
-            rows.append(
-                {
-                    "indices": ":".join(map(str, indices)),
-                    "layer_sum_ms": table.layer_sum(network),
-                    "measured_ms": measure_network(network, protocol).median_ms,
-                }
-            )
-            bar.advance(task)
-    frame = pd.DataFrame(rows)
-    frame["set"] = ["calibrate"] * cfg.cost.calibrate + ["validate"] * cfg.cost.validate
+        networks = [decode(space, indices, settings) for indices in archs.tolist()]
+        shape = (
+            protocol.batch_size,
+            settings.in_channels,
+            settings.resolution,
+            settings.resolution,
+        )
+        task = bar.add_task("end-to-end networks, rounds", total=cfg.cost.rounds)
+        timings = measure_many(
+            [(build_model(network), shape) for network in networks],
+            protocol,
+            rounds=cfg.cost.rounds,
+            on_round=lambda done: bar.update(task, completed=done),
+        )
+    frame = pd.DataFrame(
+        {
+            "indices": [":".join(map(str, indices)) for indices in archs.tolist()],
+            "set": ["calibrate"] * cfg.cost.calibrate + ["validate"] * cfg.cost.validate,
+            "layer_sum_ms": [table.layer_sum(network) for network in networks],
+            "mparams": [network_cost(network).params / 1e6 for network in networks],
+            "measured_ms": [timing.median_ms for timing in timings],
+        }
+    )
     calib, valid = frame[frame.set == "calibrate"], frame[frame.set == "validate"]
-    fits = fit_corrections(calib.layer_sum_ms.to_numpy(), calib.measured_ms.to_numpy())
+    columns = ("layer_sum_ms", "mparams", "measured_ms")
+    best = choose_correction(*(calib[c].to_numpy() for c in columns))
+    fits = fit_corrections(*(calib[c].to_numpy() for c in columns))
     report = {}
     for name, fit in fits.items():
-        predicted = fit["scale"] * valid.layer_sum_ms.to_numpy() + fit["offset"]
+        frame[f"predicted_{name}_ms"] = corrected(fit, frame.layer_sum_ms, frame.mparams)
+        predicted = frame.loc[frame.set == "validate", f"predicted_{name}_ms"].to_numpy()
         report[name] = {**fit, **accuracy(predicted, valid.measured_ms.to_numpy())}
-        frame[f"predicted_{name}_ms"] = fit["scale"] * frame.layer_sum_ms + fit["offset"]
-    best = max(report, key=lambda n: (report[n]["within_10"], -report[n]["mape"]))
     table.correction = fits[best]
     table.meta = {**identity, "correction_kind": best, "validation": report}
 
@@ -158,15 +178,22 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         title=f"LUT {space.name}: {len(layers)} layers, validated on {len(valid)} random archs",
         title_justify="left",
     )
-    for column in ("correction", "within ±10%", "within ±5%", "MAPE", "Spearman ρ", "used"):
+    summary.add_column("correction")
+    summary.add_column("fit")
+    for column in ("±10%", "±5%", "MAPE", "ρ", "chosen"):
         summary.add_column(column, justify="right")
     for name, r in report.items():
         summary.add_row(
-            f"{name} ({r['scale']:.3f}·sum + {r['offset']:.3f} ms)", f"{r['within_10']:.0%}",
+            name, describe_correction(r), f"{r['within_10']:.0%}",
             f"{r['within_5']:.0%}", f"{r['mape']:.1%}", f"{r['spearman']:.3f}",
             "✓" if name == best else "",
         )  # fmt: skip
     console.print(summary)
+    console.print(
+        f"±10%/±5%: share of the {len(valid)} validation archs predicted that close to their "
+        f"measured median; the correction is chosen by leave-one-out error on the "
+        f"{len(calib)} calibration archs"
+    )
     console.print(f"wrote {out}/lut.csv, lut.json, validation.csv, lut_validation.png")
     if cfg.cost.cache:
         cached = cached_lut_path(identity)
