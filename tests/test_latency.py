@@ -16,6 +16,7 @@ from nascli.cost.lut import (
     LookupTable,
     choose_correction,
     distinct_layers,
+    drift_corrected,
     fit_corrections,
     layer_key,
     profile_layers,
@@ -82,7 +83,7 @@ def fake_table(space_name):
 
     layers = distinct_layers(SPACES[space_name], PROXY)
     by_key = {key: layer_cost(layer).macs / 1e6 for key, layer in layers.items()}
-    entries = profile_layers(layers, lambda module, shape: 0.0, {}, lambda k, v: None)
+    entries = profile_layers(layers, lambda module, shape: 0.0, {}, lambda k, t: None)
     assert set(entries) == set(layers)
     return LookupTable(by_key, {"space": space_name})
 
@@ -110,8 +111,55 @@ def test_profiling_skips_what_was_already_measured():
     layers = distinct_layers(SPACES["proxylessnas"], PROXY)
     first = next(iter(layers))
     timed = []
-    profile_layers(layers, lambda m, s: 1.0, {first: 7.0}, lambda k, v: timed.append(k))
+    profile_layers(layers, lambda m, s: 1.0, {first: (7.0, 1.0, 0)}, lambda k, t: timed.append(k))
     assert first not in timed and len(timed) == len(layers) - 1
+    # A resumed run numbers its probe readings after the ones already recorded.
+    resumed = profile_layers(layers, lambda m, s: 1.0, {first: (7.0, 2.0, 4)}, lambda k, t: None,
+                             lambda: 3.0, 10)  # fmt: skip
+    assert resumed[first] == (7.0, 2.0, 4)
+    assert {n for k, (_, _, n) in resumed.items() if k != first} == set(range(5, 5 + 8))
+
+
+def test_the_drift_probe_undoes_a_slow_spell_of_the_machine():
+    from nascli.cost.analytic import layer_cost
+
+    layers = distinct_layers(SPACES["proxylessnas_enlarged"], PROXY)
+    true = {key: layer_cost(layer).macs / 1e6 for key, layer in layers.items()}
+    order = list(layers)
+    slow = set(order[200:600])  # the machine runs 1.5x slower while these are timed
+    current = {"key": None}
+
+    def speed():
+        return 1.5 if current["key"] in slow else 1.0
+
+    def timer(module, shape):
+        return true[current["key"]] * speed()
+
+    def probe():
+        current["key"] = order[len(readings) * 8]  # the next layer to be timed
+        readings.append(3.0 * speed())
+        return readings[-1]
+
+    def run(with_probe):
+        keys = iter(order)
+
+        def before_each(module, shape):
+            current["key"] = next(keys)
+            return timer(module, shape)
+
+        return profile_layers(layers, before_each, {}, lambda *a: None, with_probe, 8)
+
+    readings = []
+    timed = run(probe)
+    assert len(readings) == -(-len(order) // 8)
+    assert [n for _, _, n in timed.values()] == [i // 8 for i in range(len(order))]
+    assert drift_corrected(timed) == pytest.approx(true)
+    # One stray reading is outvoted by its neighbours.
+    stray = {k: (ms, 9.0 if n == 100 else r, n) for k, (ms, r, n) in timed.items()}
+    assert drift_corrected(stray) == pytest.approx(true)
+    unprobed = drift_corrected(run(None))
+    assert unprobed[order[300]] == pytest.approx(1.5 * true[order[300]])
+    assert unprobed[order[700]] == pytest.approx(true[order[700]])
 
 
 def test_corrections_recover_known_surfaces_and_the_simplest_that_fits_is_chosen():

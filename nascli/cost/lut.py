@@ -215,21 +215,54 @@ def accuracy(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
     }
 
 
+#: What profiling records per layer: its median milliseconds, the latest drift-probe reading
+#: (milliseconds of the reference network) and that reading's number, in timing order.
+Timed = tuple[float, float, int]
+
+
 def profile_layers(
     layers: dict[str, LayerArgs],
     timer: Callable[[nn.Module, tuple[int, ...]], float],
-    done: dict[str, float],
-    on_result: Callable[[str, float], None],
-) -> dict[str, float]:
-    """Time each layer not in `done` with `timer(module, input_shape)`; report each result."""
+    done: dict[str, Timed],
+    on_result: Callable[[str, Timed], None],
+    probe: Callable[[], float] | None = None,
+    probe_every: int = 0,
+) -> dict[str, Timed]:
+    """Time each layer not in `done` with `timer(module, input_shape)`; report each result.
+
+    With a `probe` (the current latency of one fixed reference network), it is read before the
+    first layer and then every `probe_every` layers, and every layer carries the latest
+    reading, so that `drift_corrected` can undo a slow or fast spell of the machine. Without
+    one every reading is 1.
+    """
     results = dict(done)
+    number = max((n for _, _, n in done.values()), default=-1)
+    reading, since = 1.0, probe_every
     for key, layer in layers.items():
         if key in results:
             continue
+        if probe is not None and since >= probe_every:
+            reading, since, number = probe(), 0, number + 1
         module, shape = layer_module(layer)
-        results[key] = timer(module, shape)
+        results[key] = (timer(module, shape), reading, max(number, 0))
+        since += 1
         on_result(key, results[key])
     return results
+
+
+def drift_corrected(timed: dict[str, Timed], window: int = 3) -> dict[str, float]:
+    """Every layer's milliseconds scaled by (typical probe reading / the reading taken with
+    it): the table as if the machine had run at one speed throughout.
+
+    Each probe reading is first replaced by the median of it and its neighbours (`window`
+    readings in the order they were taken), so one stray reading cannot rescale the layers
+    that follow it; the typical reading is the median over all layers.
+    """
+    readings = dict(sorted({n: r for _, r, n in timed.values()}.items()))
+    smooth = pd.Series(list(readings.values())).rolling(window, center=True, min_periods=1)
+    by_number = dict(zip(readings, smooth.median(), strict=True))
+    reference = float(np.median([by_number[n] for _, _, n in timed.values()]))
+    return {key: ms * reference / by_number[n] for key, (ms, _, n) in timed.items()}
 
 
 def settings_meta(space: SearchSpace, settings: NetworkSettings) -> dict[str, Any]:

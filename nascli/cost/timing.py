@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 import statistics
@@ -71,6 +72,7 @@ def thread_count(threads: int) -> Iterator[None]:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
+@functools.cache
 def _mallopt() -> Callable[[int, int], int] | None:
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
@@ -78,6 +80,7 @@ def _mallopt() -> Callable[[int, int], int] | None:
         return None
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse instead of returning it to the OS (trimming the
     heap, unmapping large blocks), for the rest of the process; False where that is not
@@ -211,22 +214,37 @@ def _onnx_session(module: nn.Module, example: torch.Tensor, protocol: Protocol) 
         return onnxruntime.InferenceSession(path, options, providers=providers)
 
 
-def _runner(module: nn.Module, input_shape: tuple[int, ...], protocol: Protocol) -> Callable:
-    """One inference of `module` on a fixed random input, in the protocol's backend."""
-    device = torch.device(protocol.device)
-    module = module.eval().to(device)
-    example = torch.randn(input_shape, device=device)
-    if protocol.channels_last and example.dim() == 4:
-        module = module.to(memory_format=torch.channels_last)
-        example = example.contiguous(memory_format=torch.channels_last)
-    if protocol.backend == "onnxruntime":
-        session = _onnx_session(module, example, protocol)
-        feed = {session.get_inputs()[0].name: example.cpu().numpy()}
-        return lambda: session.run(None, feed)
-    if protocol.backend == "torchscript":
-        with torch.no_grad():
-            module = torch.jit.freeze(torch.jit.trace(module, example))
-    return lambda: module(example)
+class Runner:
+    """One module on a fixed random input, ready to time in the protocol's backend."""
+
+    def __init__(self, module: nn.Module, input_shape: tuple[int, ...], protocol: Protocol):
+        if protocol.allocator == "steady" and not keep_freed_memory():
+            raise NascliError("cost.allocator=steady needs glibc's malloc; use =default")
+        self.protocol = protocol
+        device = torch.device(protocol.device)
+        self.cuda = device.type == "cuda" and protocol.backend != "onnxruntime"
+        module = module.eval().to(device)
+        example = torch.randn(input_shape, device=device)
+        if protocol.channels_last and example.dim() == 4:
+            module = module.to(memory_format=torch.channels_last)
+            example = example.contiguous(memory_format=torch.channels_last)
+        with thread_count(protocol.threads):
+            if protocol.backend == "onnxruntime":
+                session = _onnx_session(module, example, protocol)
+                feed = {session.get_inputs()[0].name: example.cpu().numpy()}
+                self.run: Callable[[], Any] = lambda: session.run(None, feed)
+                return
+            if protocol.backend == "torchscript":
+                with torch.no_grad():
+                    module = torch.jit.freeze(torch.jit.trace(module, example))
+        self.run = lambda: module(example)
+
+    def samples(self, warmup: int, runs: int) -> list[float]:
+        """Milliseconds of `runs` timed runs after `warmup` untimed ones."""
+        with thread_count(self.protocol.threads), torch.inference_mode():
+            if self.cuda:
+                return _cuda_samples(self.run, warmup, runs)
+            return sample_runs(self.run, warmup, runs)
 
 
 #: Untimed calls before each later round of an interleaved measurement, so that a network is
@@ -250,21 +268,13 @@ def measure_many(
     if rounds < 1:
         raise NascliError("cost.rounds must be at least 1")
     per_round = -(-protocol.runs // rounds)
-    if protocol.allocator == "steady" and not keep_freed_memory():
-        raise NascliError("cost.allocator=steady needs glibc's malloc; use cost.allocator=default")
-    cuda = torch.device(protocol.device).type == "cuda"
+    runners = [Runner(module, shape, protocol) for module, shape in items]
     samples: list[list[float]] = [[] for _ in items]
-    with thread_count(protocol.threads):
-        runners = [_runner(module, shape, protocol) for module, shape in items]
-    with thread_count(protocol.threads), torch.inference_mode():
-        for round_ in range(rounds):
-            warmup = protocol.warmup if round_ == 0 else min(REWARM, protocol.warmup)
-            for run, collected in zip(runners, samples, strict=True):
-                if cuda and protocol.backend != "onnxruntime":
-                    collected += _cuda_samples(run, warmup, per_round)
-                else:
-                    collected += sample_runs(run, warmup, per_round)
-            on_round(round_ + 1)
+    for round_ in range(rounds):
+        warmup = protocol.warmup if round_ == 0 else min(REWARM, protocol.warmup)
+        for runner, collected in zip(runners, samples, strict=True):
+            collected += runner.samples(warmup, per_round)
+        on_round(round_ + 1)
     return [summarise(s) for s in samples]
 
 

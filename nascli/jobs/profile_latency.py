@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +19,24 @@ from nascli.config import network_settings, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.cost.lut import (
     LookupTable,
+    Timed,
     accuracy,
     choose_correction,
     corrected,
     distinct_layers,
+    drift_corrected,
     fit_corrections,
     profile_layers,
 )
 from nascli.cost.models import cached_lut_path, lut_identity, measure_network
-from nascli.cost.timing import Protocol, measure, measure_many, protocol_from_config
+from nascli.cost.timing import (
+    REWARM,
+    Protocol,
+    Runner,
+    measure,
+    measure_many,
+    protocol_from_config,
+)
 from nascli.errors import NascliError
 from nascli.files import write_json
 from nascli.jobs.build import configured_network
@@ -36,6 +46,11 @@ from nascli.report.tables import human
 from nascli.space.arch import get_space, sample_indices
 from nascli.space.network import decode
 from nascli.train.distributed import resolve_device
+
+#: The columns of `lut_partial.csv` and `layer_timings.csv`: each layer's median milliseconds
+#: as timed, and the drift probe's reading taken with it and that reading's number.
+TIMING_COLUMNS = ("key", "raw_ms", "probe_ms", "probe")
+PROBE_RUNS = 5
 
 
 def progress(console: Console) -> Progress:
@@ -99,32 +114,45 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
     out.mkdir(parents=True, exist_ok=True)
     partial = out / "lut_partial.csv"
     identity_file = out / "lut_partial.json"
-    done: dict[str, float] = {}
+    partial_identity = {**identity, "probe_every": cfg.cost.probe_every}
+    done: dict[str, Timed] = {}
     if partial.exists():  # resume an interrupted profiling run
-        if json.loads(identity_file.read_text()) != identity:
+        if json.loads(identity_file.read_text()) != partial_identity:
             raise NascliError(f"{partial} was measured under other settings; use a new out=")
-        rows = pd.read_csv(partial, names=["key", "median_ms"])
-        done = dict(zip(rows["key"], rows["median_ms"], strict=True))
+        rows = pd.read_csv(partial, names=list(TIMING_COLUMNS))
+        done = {row.key: (row.raw_ms, row.probe_ms, row.probe) for row in rows.itertuples()}
         console.print(f"resuming: {len(done)} layers already measured")
     else:
-        write_json(identity_file, identity)
+        write_json(identity_file, partial_identity)
     with console.status("enumerating the layers the space can produce"):
         layers = distinct_layers(space, settings)
     torch.manual_seed(cfg.seed)
+    shape = (protocol.batch_size, settings.in_channels, settings.resolution, settings.resolution)
+    # The drift probe: the space's first architecture, timed every `probe_every` layers.
+    first = decode(space, [0] * len(space.decisions), settings)
+    probe_runner = Runner(build_model(first), shape, protocol)
 
-    def timer(module: torch.nn.Module, shape: tuple[int, ...]) -> float:
-        return measure(module, (protocol.batch_size, *shape), protocol).median_ms
+    def probe() -> float:
+        return statistics.median(probe_runner.samples(REWARM, PROBE_RUNS))
+
+    def timer(module: torch.nn.Module, layer_shape: tuple[int, ...]) -> float:
+        return measure(module, (protocol.batch_size, *layer_shape), protocol).median_ms
 
     with progress(console) as bar, partial.open("a") as log:
         task = bar.add_task(f"layers of {space.name}", total=len(layers), completed=len(done))
 
-        def record(key: str, ms: float) -> None:
-            log.write(f'"{key}",{ms!r}\n')
+        def record(key: str, timing: Timed) -> None:
+            ms, reading, number = timing
+            log.write(f'"{key}",{ms!r},{reading!r},{number}\n')
             log.flush()
             bar.advance(task)
 
-        entries = profile_layers(layers, timer, done, record)
-        table = LookupTable({k: entries[k] for k in layers}, identity)
+        timed = profile_layers(
+            layers, timer, done, record, probe if cfg.cost.probe_every else None,
+            cfg.cost.probe_every,
+        )  # fmt: skip
+        timed = {k: timed[k] for k in layers}
+        table = LookupTable(drift_corrected(timed), identity)
 
         generator = torch.Generator().manual_seed(cfg.seed)
         archs = sample_indices(space, cfg.cost.calibrate + cfg.cost.validate, generator)
@@ -161,7 +189,11 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         predicted = frame.loc[frame.set == "validate", f"predicted_{name}_ms"].to_numpy()
         report[name] = {**fit, **accuracy(predicted, valid.measured_ms.to_numpy())}
     table.correction = fits[best]
-    table.meta = {**identity, "correction_kind": best, "validation": report}
+    readings = np.array([reading for _, reading, _ in timed.values()])
+    drift = {"probe_every": cfg.cost.probe_every, "probe_p10_ms": 0.0, "probe_p90_ms": 0.0}
+    if cfg.cost.probe_every:
+        drift["probe_p10_ms"], drift["probe_p90_ms"] = np.percentile(readings, [10, 90]).tolist()
+    table.meta = {**identity, "correction_kind": best, "validation": report, "drift": drift}
 
     table.save(out / "lut.csv")
     frame.to_csv(out / "validation.csv", index=False)
@@ -171,6 +203,11 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         plot[["measured_ms", "predicted_ms"]],
         f"{space.name} · {settings.resolution}px · {protocol.threads} threads · {best} correction",
     )
+    layer_timings = pd.DataFrame(
+        [(key, *timing) for key, timing in timed.items()], columns=list(TIMING_COLUMNS)
+    )
+    layer_timings["median_ms"] = layer_timings.key.map(table.entries)
+    layer_timings.to_csv(out / "layer_timings.csv", index=False)
     partial.unlink()
     identity_file.unlink()
 
@@ -194,7 +231,15 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         f"measured median; the correction is chosen by leave-one-out error on the "
         f"{len(calib)} calibration archs"
     )
-    console.print(f"wrote {out}/lut.csv, lut.json, validation.csv, lut_validation.png")
+    if cfg.cost.probe_every:
+        console.print(
+            f"machine speed while profiling: the probe network ran in "
+            f"{drift['probe_p10_ms']:.3f}–{drift['probe_p90_ms']:.3f} ms (p10–p90); each "
+            "layer is scaled by the typical reading over the one taken with it"
+        )
+    console.print(
+        f"wrote {out}/lut.csv, lut.json, layer_timings.csv, validation.csv, lut_validation.png"
+    )
     if cfg.cost.cache:
         cached = cached_lut_path(identity)
         table.save(cached)
