@@ -19,6 +19,7 @@ from nascli.cost.lut import (
     drift_corrected,
     fit_corrections,
     layer_key,
+    layer_module,
     profile_layers,
 )
 from nascli.cost.models import AnalyticCost, Pixel1Cost, make_cost_model
@@ -352,3 +353,16 @@ def test_profile_latency_of_one_architecture(run_cli, tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads((out / "latency.json").read_text())
     assert record["median_ms"] > 0 and record["protocol"]["threads"] == 1
+
+
+def test_lut_layers_time_with_the_onnxruntime_backend():
+    # The classifier entry is an nn.Sequential, whose forward argument is not named `x`.
+    layers = distinct_layers(SPACES["proxylessnas"], PROXY)
+    classifier = next(layer for layer in layers.values() if layer.kind == "linear")
+    block = next(layer for layer in layers.values() if layer.kind == "ibn")
+    protocol = Protocol(backend="onnxruntime", threads=1, warmup=1, runs=3)
+    for layer in (classifier, block):
+        module, shape = layer_module(layer)
+        timing = measure(module, (1, *shape), protocol)
+        assert timing.median_ms > 0 and timing.runs == 3
+        assert protocol.describe()["onnxruntime"]

@@ -39,7 +39,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
                 opset_version=ONNX_OPSET,
                 input_names=["images"],
                 output_names=["logits"],
-                dynamic_shapes={"x": {0: batch}},
+                dynamic_shapes=({0: batch},),  # by position: any forward argument name
                 verbose=False,
             )
             program.save(str(path))
