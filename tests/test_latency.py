@@ -366,3 +366,19 @@ def test_lut_layers_time_with_the_onnxruntime_backend():
         timing = measure(module, (1, *shape), protocol)
         assert timing.median_ms > 0 and timing.runs == 3
         assert protocol.describe()["onnxruntime"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("cost.calibrate=3", "cost.calibrate=3: must be at least 4"),
+        ("cost.rounds=0", "cost.rounds=0: must be at least 1"),
+        ("cost.probe_every=-1", "cost.probe_every=-1: must be at least 0"),
+        ("cost.allocator=tcmalloc", "choose steady, default"),
+    ],
+)
+def test_bad_table_settings_are_refused_before_any_timing(run_cli, tmp_path, override, message):
+    result = run_cli("profile-latency", override, f"out={tmp_path / 'run'}")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "lut_partial.csv").exists()

@@ -107,7 +107,15 @@ def describe_correction(fit: dict[str, float]) -> str:
     return f"{text} {fit['offset']:+.3f} ms"
 
 
+def check_table_settings(cost: DictConfig) -> None:
+    """Refuse, before any timing, what would only fail after the layers were measured."""
+    for name, least in (("calibrate", 4), ("validate", 2), ("rounds", 1), ("probe_every", 0)):
+        if cost[name] < least:
+            raise NascliError(f"cost.{name}={cost[name]}: must be at least {least}")
+
+
 def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path) -> None:
+    check_table_settings(cfg.cost)
     space = get_space(cfg.space.name)
     settings = network_settings(cfg)
     identity = lut_identity(space, settings, protocol)
@@ -157,12 +165,6 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         generator = torch.Generator().manual_seed(cfg.seed)
         archs = sample_indices(space, cfg.cost.calibrate + cfg.cost.validate, generator)
         networks = [decode(space, indices, settings) for indices in archs.tolist()]
-        shape = (
-            protocol.batch_size,
-            settings.in_channels,
-            settings.resolution,
-            settings.resolution,
-        )
         task = bar.add_task("end-to-end networks, rounds", total=cfg.cost.rounds)
         timings = measure_many(
             [(build_model(network), shape) for network in networks],
