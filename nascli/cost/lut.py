@@ -107,7 +107,9 @@ class LookupTable:
 
     def predict(self, network: Network) -> float:
         """Predicted end-to-end latency in milliseconds."""
-        mparams = network_cost(network).params / 1e6
+        # Counting the weights is only worth it where the correction uses them.
+        uses_weights = self.correction.get("per_mparam", 0.0) != 0.0
+        mparams = network_cost(network).params / 1e6 if uses_weights else 0.0
         return float(corrected(self.correction, self.layer_sum(network), mparams))
 
     def save(self, path: Path) -> None:
