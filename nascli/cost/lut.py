@@ -152,6 +152,8 @@ class LookupTable:
 #: measured ≈ scale·layer_sum + per_mparam·(params / 1e6) + offset.
 NO_CORRECTION = {"scale": 1.0, "per_mparam": 0.0, "offset": 0.0}
 CORRECTIONS = ("overhead", "linear", "weights")
+#: The fewest calibration networks a correction is chosen from: one more than `weights` has terms.
+MIN_CALIBRATION = 4
 
 
 def corrected(correction: dict[str, float], sums: Any, mparams: Any) -> Any:
@@ -198,8 +200,10 @@ def leave_one_out_error(
 def choose_correction(sums: np.ndarray, mparams: np.ndarray, measured: np.ndarray) -> str:
     """The candidate with the least leave-one-out error on the calibration networks (the
     simpler one on a tie); needs more networks than the largest fit has terms."""
-    if len(sums) < 4:
-        raise NascliError("cost.calibrate must be at least 4 to choose a LUT correction")
+    if len(sums) < MIN_CALIBRATION:
+        raise NascliError(
+            f"cost.calibrate must be at least {MIN_CALIBRATION} to choose a LUT correction"
+        )
     errors = {kind: leave_one_out_error(kind, sums, mparams, measured) for kind in CORRECTIONS}
     return min(CORRECTIONS, key=lambda kind: (round(errors[kind], 6), CORRECTIONS.index(kind)))
 

@@ -18,6 +18,7 @@ from rich.table import Table
 from nascli.config import network_settings, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.cost.lut import (
+    MIN_CALIBRATION,
     LookupTable,
     Timed,
     accuracy,
@@ -109,7 +110,8 @@ def describe_correction(fit: dict[str, float]) -> str:
 
 def check_table_settings(cost: DictConfig) -> None:
     """Refuse, before any timing, what would only fail after the layers were measured."""
-    for name, least in (("calibrate", 4), ("validate", 2), ("rounds", 1), ("probe_every", 0)):
+    bounds = (("calibrate", MIN_CALIBRATION), ("validate", 2), ("rounds", 1), ("probe_every", 0))
+    for name, least in bounds:
         if cost[name] < least:
             raise NascliError(f"cost.{name}={cost[name]}: must be at least {least}")
 
