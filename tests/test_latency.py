@@ -17,6 +17,7 @@ from nascli.cost.lut import (
     choose_correction,
     distinct_layers,
     drift_corrected,
+    fit_correction,
     fit_corrections,
     layer_key,
     layer_module,
@@ -165,32 +166,67 @@ def test_the_drift_probe_undoes_a_slow_spell_of_the_machine():
 
 def test_corrections_recover_known_surfaces_and_the_simplest_that_fits_is_chosen():
     rng = np.random.default_rng(0)
-    sums, mparams = rng.uniform(1, 10, 20), rng.uniform(0.5, 8, 20)
-    with_weights = 1.2 * sums + 0.3 * mparams + 0.5
-    fits = fit_corrections(sums, mparams, with_weights)
-    assert fits["weights"] == pytest.approx({"scale": 1.2, "per_mparam": 0.3, "offset": 0.5})
-    assert fits["overhead"]["scale"] == 1.0 and fits["linear"]["per_mparam"] == 0.0
-    assert choose_correction(sums, mparams, with_weights) == "weights"
-    line = 1.5 * sums + 2.0
-    assert fit_corrections(sums, mparams, line)["linear"] == pytest.approx(
-        {"scale": 1.5, "per_mparam": 0.0, "offset": 2.0}
+    features = {
+        "layer_sum_ms": rng.uniform(1, 10, 20),
+        "mparams": rng.uniform(0.5, 8, 20),
+        "layers": rng.integers(10, 25, 20).astype(float),
+    }
+    sums, mparams, layers = features.values()
+    in_context = 1.2 * sums + 0.3 * mparams + 0.04 * layers + 0.5
+    fits = fit_corrections(features, in_context)
+    assert fits["context"] == pytest.approx(
+        {"scale": 1.2, "per_mparam": 0.3, "per_layer": 0.04, "offset": 0.5}
     )
-    # `weights` fits a line exactly too: the tie goes to the simpler correction.
-    assert choose_correction(sums, mparams, line) == "linear"
-    assert choose_correction(sums, mparams, sums + 0.7) == "overhead"
-    with pytest.raises(NascliError, match="at least 4"):
-        choose_correction(sums[:3], mparams[:3], line[:3])
+    assert choose_correction(features, in_context) == "context"
+    with_weights = 1.2 * sums + 0.3 * mparams + 0.5
+    fits = fit_corrections(features, with_weights)
+    assert fits["weights"] == pytest.approx(
+        {"scale": 1.2, "per_mparam": 0.3, "per_layer": 0.0, "offset": 0.5}
+    )
+    assert fits["overhead"]["scale"] == 1.0 and fits["linear"]["per_mparam"] == 0.0
+    # `context` fits this exactly too: the tie goes to the simpler correction.
+    assert choose_correction(features, with_weights) == "weights"
+    line = 1.5 * sums + 2.0
+    assert fit_corrections(features, line)["linear"] == pytest.approx(
+        {"scale": 1.5, "per_mparam": 0.0, "per_layer": 0.0, "offset": 2.0}
+    )
+    assert choose_correction(features, line) == "linear"
+    assert choose_correction(features, sums + 0.7) == "overhead"
+    few = {name: values[:4] for name, values in features.items()}
+    with pytest.raises(NascliError, match="at least 5"):
+        choose_correction(few, line[:4])
 
 
-def test_the_weights_correction_uses_each_networks_parameter_count(tmp_path):
+def test_corrections_are_fitted_on_relative_errors_not_milliseconds():
+    # Small networks with a 20% overhead and a few large ones without: least squares in
+    # milliseconds bends the line to the large ones; in percent every network counts alike.
+    sums = np.array([1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 20.0, 22.0])
+    measured = np.where(sums < 10, 1.2 * sums, sums)
+    features = {"layer_sum_ms": sums}
+    fit = fit_correction("linear", features, measured)
+    plain = np.polyfit(sums, measured, 1)
+
+    def relative_sq(predicted):
+        return float(np.sum((predicted / measured - 1) ** 2))
+
+    ours = relative_sq(fit["scale"] * sums + fit["offset"])
+    assert ours < 0.8 * relative_sq(np.polyval(plain, sums))
+    # It is the least-squares optimum in percent: no nudge of either coefficient does better.
+    for ds, do in ((1e-3, 0), (-1e-3, 0), (0, 1e-3), (0, -1e-3)):
+        assert ours <= relative_sq((fit["scale"] + ds) * sums + fit["offset"] + do)
+
+
+def test_the_weights_and_layers_terms_use_each_networks_own_counts(tmp_path):
     from nascli.cost.analytic import network_cost
 
     table = fake_table("mnv3")
-    table.correction = {"scale": 2.0, "per_mparam": 0.25, "offset": 0.5}
+    table.correction = {"scale": 2.0, "per_mparam": 0.25, "per_layer": 0.0, "offset": 0.5}
     network = decode(SPACES["mnv3"], [1] * len(SPACES["mnv3"].decisions), PROXY)
     expected = 2.0 * table.layer_sum(network) + 0.25 * network_cost(network).params / 1e6 + 0.5
     assert table.predict(network) == pytest.approx(expected)
-    # A table written before the weights term existed still loads, with no weights term.
+    table.correction = {**table.correction, "per_layer": 0.01}
+    assert table.predict(network) == pytest.approx(expected + 0.01 * len(network.layers))
+    # A table written before the weights and layers terms existed still loads, without them.
     table.save(tmp_path / "lut.csv")
     info = json.loads((tmp_path / "lut.json").read_text())
     info["correction"] = {"scale": 2.0, "offset": 0.5}
@@ -309,7 +345,7 @@ def test_lut_cost_without_a_table_says_how_to_make_one(tmp_path, monkeypatch):
         make_cost_model(cost_config("lut"), SPACES["mnv3"], PROXY)
 
 
-QUICK = ["cost.calibrate=4", "cost.validate=4", "cost.runs=3", "cost.warmup=1", "cost.threads=1"]
+QUICK = ["cost.calibrate=5", "cost.validate=4", "cost.runs=3", "cost.warmup=1", "cost.threads=1"]
 
 
 @pytest.mark.slow
@@ -371,7 +407,7 @@ def test_lut_layers_time_with_the_onnxruntime_backend():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("cost.calibrate=3", "cost.calibrate=3: must be at least 4"),
+        ("cost.calibrate=4", "cost.calibrate=4: must be at least 5"),
         ("cost.rounds=0", "cost.rounds=0: must be at least 1"),
         ("cost.probe_every=-1", "cost.probe_every=-1: must be at least 0"),
         ("cost.allocator=tcmalloc", "choose steady, default"),

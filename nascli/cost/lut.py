@@ -1,10 +1,10 @@
 """Latency lookup tables: every distinct layer a space can produce, timed on this machine.
 
-A network's predicted latency is the sum of its layers' entries plus a correction fitted on a
-few end-to-end measurements: a constant per-network overhead, a line in the sum, or a line in
-the sum and the network's weights (a layer timed alone keeps its weights in cache; inside a
-network they were evicted by the rest of it). The correction is chosen by leave-one-out error
-on the calibration networks, before the validation networks are looked at. A layer missing
+A network's predicted latency is the sum of its layers' entries plus a correction fitted on
+end-to-end measurements of a few networks: a constant per-network overhead, or a line in the
+sum, optionally with the network's weights and number of layers as further terms (see
+`CORRECTIONS`). The correction is chosen by leave-one-out error on the calibration networks,
+before the validation networks are looked at. A layer missing
 from the table is an error naming it, never a silent zero; a table measured on another machine
 or with other settings is refused.
 """
@@ -107,10 +107,12 @@ class LookupTable:
 
     def predict(self, network: Network) -> float:
         """Predicted end-to-end latency in milliseconds."""
-        # Counting the weights is only worth it where the correction uses them.
-        uses_weights = self.correction.get("per_mparam", 0.0) != 0.0
-        mparams = network_cost(network).params / 1e6 if uses_weights else 0.0
-        return float(corrected(self.correction, self.layer_sum(network), mparams))
+        sums = self.layer_sum(network)
+        if self.correction.get("per_mparam", 0.0) == 0.0:  # counting weights is not worth it then
+            features = {"layer_sum_ms": sums, "layers": float(len(network.layers))}
+        else:
+            features = network_features(network, sums)
+        return float(corrected(self.correction, features))
 
     def save(self, path: Path) -> None:
         """`path` (CSV: key, median_ms) and `path.json` (metadata and correction)."""
@@ -149,63 +151,94 @@ class LookupTable:
         return cls(entries, info["meta"], {**NO_CORRECTION, **info["correction"]})
 
 
-#: measured ≈ scale·layer_sum + per_mparam·(params / 1e6) + offset.
-NO_CORRECTION = {"scale": 1.0, "per_mparam": 0.0, "offset": 0.0}
-CORRECTIONS = ("overhead", "linear", "weights")
-#: The fewest calibration networks a correction is chosen from: one more than `weights` has terms.
-MIN_CALIBRATION = 4
+#: What a correction can use about a network, each with the coefficient it gets:
+#: measured ≈ scale·layer_sum_ms + per_mparam·mparams + per_layer·layers + offset.
+FEATURES = {"layer_sum_ms": "scale", "mparams": "per_mparam", "layers": "per_layer"}
+NO_CORRECTION = {"scale": 1.0, "per_mparam": 0.0, "per_layer": 0.0, "offset": 0.0}
+#: The candidates, simplest first, by the features their least-squares fit uses besides the
+#: offset. `overhead` fits only the offset (the median residual, scale 1). `weights` adds the
+#: network's weights (a layer timed alone keeps them in cache; inside a network they were
+#: evicted by the rest of it); `context` adds the number of layers (each layer inside a network
+#: pays a fixed extra cost that a layer timed alone, with hot code and data, does not).
+CORRECTIONS: dict[str, tuple[str, ...]] = {
+    "overhead": (),
+    "linear": ("layer_sum_ms",),
+    "weights": ("layer_sum_ms", "mparams"),
+    "context": ("layer_sum_ms", "mparams", "layers"),
+}
+#: The fewest calibration networks a correction is chosen from: one more than the largest fit
+#: has terms, so that every fit is determined.
+MIN_CALIBRATION = max(len(used) for used in CORRECTIONS.values()) + 2
+
+Features = dict[str, Any]  # feature name -> a number or an array over networks
 
 
-def corrected(correction: dict[str, float], sums: Any, mparams: Any) -> Any:
-    """A correction applied to layer sums (ms) of networks with `mparams` million weights."""
+def network_features(network: Network, layer_sum: float) -> dict[str, float]:
+    """What a correction can use about `network`, given its layers' summed entries."""
+    return {
+        "layer_sum_ms": layer_sum,
+        "mparams": network_cost(network).params / 1e6,
+        "layers": float(len(network.layers)),
+    }
+
+
+def corrected(correction: dict[str, float], features: Features) -> Any:
+    """A correction applied to networks' features (ms)."""
     c = {**NO_CORRECTION, **correction}
-    return c["scale"] * sums + c["per_mparam"] * mparams + c["offset"]
+    total = c["offset"]
+    for name, coefficient in FEATURES.items():
+        if c[coefficient] != 0.0:
+            total = total + c[coefficient] * features[name]
+    return total
 
 
-def fit_correction(
-    kind: str, sums: np.ndarray, mparams: np.ndarray, measured: np.ndarray
-) -> dict[str, float]:
-    """`overhead`: a constant per-network overhead (the median residual); `linear`: least
-    squares in the sum; `weights`: least squares in the sum and the weights."""
+def fit_correction(kind: str, features: Features, measured: np.ndarray) -> dict[str, float]:
+    """Least squares in the features `kind` uses, plus an offset, on *relative* errors (each
+    network's row divided by its measured latency), since accuracy is judged in percent and
+    plain least squares would favour the slowest networks; `overhead` is the median residual of
+    the plain sum."""
+    sums = np.asarray(features["layer_sum_ms"], dtype=float)
+    measured = np.asarray(measured, dtype=float)
     if kind == "overhead":
         return {**NO_CORRECTION, "offset": float(np.median(measured - sums))}
-    columns = [sums, mparams] if kind == "weights" else [sums]
-    design = np.column_stack([*columns, np.ones_like(sums)])
-    coef = np.linalg.lstsq(design, measured, rcond=None)[0].tolist()
-    fit = {"scale": coef[0], "offset": coef[-1]}
-    if kind == "weights":
-        fit["per_mparam"] = coef[1]
-    return {**NO_CORRECTION, **fit}
+    used = CORRECTIONS[kind]
+    design = np.column_stack(
+        [*(np.asarray(features[n], dtype=float) for n in used), np.ones_like(sums)]
+    )
+    coef = np.linalg.lstsq(design / measured[:, None], np.ones_like(sums), rcond=None)[0].tolist()
+    fit = {FEATURES[name]: value for name, value in zip(used, coef, strict=False)}
+    return {**NO_CORRECTION, **fit, "offset": coef[-1]}
 
 
-def fit_corrections(
-    sums: np.ndarray, mparams: np.ndarray, measured: np.ndarray
-) -> dict[str, dict[str, float]]:
+def fit_corrections(features: Features, measured: np.ndarray) -> dict[str, dict[str, float]]:
     """Every candidate correction fitted on all the calibration measurements."""
-    return {kind: fit_correction(kind, sums, mparams, measured) for kind in CORRECTIONS}
+    return {kind: fit_correction(kind, features, measured) for kind in CORRECTIONS}
 
 
-def leave_one_out_error(
-    kind: str, sums: np.ndarray, mparams: np.ndarray, measured: np.ndarray
-) -> float:
+def _take(features: Features, rows: Any) -> Features:
+    return {name: np.asarray(values, dtype=float)[rows] for name, values in features.items()}
+
+
+def leave_one_out_error(kind: str, features: Features, measured: np.ndarray) -> float:
     """Mean absolute relative error of `kind` on each calibration network, fitted without it."""
     errors = []
-    for i in range(len(sums)):
-        keep = np.arange(len(sums)) != i
-        fit = fit_correction(kind, sums[keep], mparams[keep], measured[keep])
-        errors.append(abs(corrected(fit, sums[i], mparams[i]) / measured[i] - 1))
+    for i in range(len(measured)):
+        keep = np.arange(len(measured)) != i
+        fit = fit_correction(kind, _take(features, keep), measured[keep])
+        errors.append(abs(corrected(fit, _take(features, i)) / measured[i] - 1))
     return float(np.mean(errors))
 
 
-def choose_correction(sums: np.ndarray, mparams: np.ndarray, measured: np.ndarray) -> str:
+def choose_correction(features: Features, measured: np.ndarray) -> str:
     """The candidate with the least leave-one-out error on the calibration networks (the
-    simpler one on a tie); needs more networks than the largest fit has terms."""
-    if len(sums) < MIN_CALIBRATION:
+    simpler one on a tie)."""
+    if len(measured) < MIN_CALIBRATION:
         raise NascliError(
             f"cost.calibrate must be at least {MIN_CALIBRATION} to choose a LUT correction"
         )
-    errors = {kind: leave_one_out_error(kind, sums, mparams, measured) for kind in CORRECTIONS}
-    return min(CORRECTIONS, key=lambda kind: (round(errors[kind], 6), CORRECTIONS.index(kind)))
+    errors = {kind: leave_one_out_error(kind, features, measured) for kind in CORRECTIONS}
+    order = list(CORRECTIONS)
+    return min(order, key=lambda kind: (round(errors[kind], 6), order.index(kind)))
 
 
 def accuracy(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:

@@ -18,6 +18,7 @@ from rich.table import Table
 from nascli.config import network_settings, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.cost.lut import (
+    FEATURES,
     MIN_CALIBRATION,
     LookupTable,
     Timed,
@@ -27,6 +28,7 @@ from nascli.cost.lut import (
     distinct_layers,
     drift_corrected,
     fit_corrections,
+    network_features,
     profile_layers,
 )
 from nascli.cost.models import cached_lut_path, lut_identity, measure_network
@@ -105,6 +107,8 @@ def describe_correction(fit: dict[str, float]) -> str:
     text = f"{fit['scale']:.3f}·sum"
     if fit["per_mparam"]:
         text += f" {fit['per_mparam']:+.3f}·Mparams"
+    if fit["per_layer"]:
+        text += f" {fit['per_layer']:+.4f}·layers"
     return f"{text} {fit['offset']:+.3f} ms"
 
 
@@ -174,22 +178,24 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
             rounds=cfg.cost.rounds,
             on_round=lambda done: bar.update(task, completed=done),
         )
+    features = pd.DataFrame(
+        [network_features(network, table.layer_sum(network)) for network in networks]
+    )
     frame = pd.DataFrame(
         {
             "indices": [":".join(map(str, indices)) for indices in archs.tolist()],
             "set": ["calibrate"] * cfg.cost.calibrate + ["validate"] * cfg.cost.validate,
-            "layer_sum_ms": [table.layer_sum(network) for network in networks],
-            "mparams": [network_cost(network).params / 1e6 for network in networks],
+            **features,
             "measured_ms": [timing.median_ms for timing in timings],
         }
     )
     calib, valid = frame[frame.set == "calibrate"], frame[frame.set == "validate"]
-    columns = ("layer_sum_ms", "mparams", "measured_ms")
-    best = choose_correction(*(calib[c].to_numpy() for c in columns))
-    fits = fit_corrections(*(calib[c].to_numpy() for c in columns))
+    calib_features = {name: calib[name].to_numpy() for name in FEATURES}
+    best = choose_correction(calib_features, calib.measured_ms.to_numpy())
+    fits = fit_corrections(calib_features, calib.measured_ms.to_numpy())
     report = {}
     for name, fit in fits.items():
-        frame[f"predicted_{name}_ms"] = corrected(fit, frame.layer_sum_ms, frame.mparams)
+        frame[f"predicted_{name}_ms"] = corrected(fit, frame)
         predicted = frame.loc[frame.set == "validate", f"predicted_{name}_ms"].to_numpy()
         report[name] = {**fit, **accuracy(predicted, valid.measured_ms.to_numpy())}
     table.correction = fits[best]
