@@ -62,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     lut = Table(title="latency lookup tables (validated on 50 random archs)")
     for column in ("space", "run", "threads", "layers", "build + validate", "±10%", "±5%",
-                   "MAPE", "Spearman ρ", "correction", "probe p10–p90"):  # fmt: skip
+                   "MAPE", "Spearman ρ", "correction", "repeat ±10%", "probe p10–p90"):  # fmt: skip
         lut.add_column(column, justify="right")
     pixel = Table(title="tunas_pixel1 throughput (archs/s)")
     for column in ("space", "batched", "one at a time", "ratio"):
@@ -72,13 +72,13 @@ def main() -> None:
             for repeat in range(args.repeats):
                 out = Path(folder) / f"{space}-{repeat}"
                 meta, seconds = profile(space, args.threads, out)
-                kind, drift = meta["correction_kind"], meta["drift"]
+                kind, drift, halves = meta["correction_kind"], meta["drift"], meta["repeatability"]
                 r = meta["validation"][kind]
                 layers = len((out / "lut.csv").read_text().splitlines()) - 1
                 lut.add_row(
                     space, str(repeat + 1), str(meta["threads"]), f"{layers:,}",
                     f"{seconds:.0f} s", f"{r['within_10']:.0%}", f"{r['within_5']:.0%}",
-                    f"{r['mape']:.1%}", f"{r['spearman']:.3f}", kind,
+                    f"{r['mape']:.1%}", f"{r['spearman']:.3f}", kind, f"{halves['within_10']:.0%}",
                     f"{drift['probe_p10_ms']:.2f}–{drift['probe_p90_ms']:.2f} ms",
                 )  # fmt: skip
             batched, single = pixel1_rates(space, args.archs)

@@ -7,12 +7,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from nascli.config import CostConfig
 from nascli.cost.lut import (
+    CORRECTIONS,
     LookupTable,
     choose_correction,
     distinct_layers,
@@ -27,6 +29,7 @@ from nascli.cost.models import AnalyticCost, Pixel1Cost, make_cost_model
 from nascli.cost.timing import (
     REWARM,
     Protocol,
+    RoundRobin,
     measure,
     measure_many,
     protocol_from_config,
@@ -373,13 +376,53 @@ def test_profile_latency_builds_validates_caches_and_resumes(tmp_path, monkeypat
         p.name for p in out.iterdir()
     }
     meta = json.loads((out / "lut.json").read_text())["meta"]
-    assert meta["threads"] == 1 and meta["correction_kind"] in ("overhead", "linear", "weights")
+    assert meta["threads"] == 1 and meta["correction_kind"] in CORRECTIONS
     assert set(meta["validation"]["linear"]) >= {"within_10", "within_5", "mape", "spearman"}
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     lut = make_cost_model(
         cost_config("lut", threads=1, runs=3, warmup=1), SPACES["proxylessnas"], PROXY
     )
     assert lut.cost([0] * 73) > 0
+
+
+def test_network_rounds_are_spread_over_the_layer_timing(run_cli, tmp_path, monkeypatch):
+    from nascli.jobs import profile_latency as job
+
+    events = []
+    real_round, real_measure = job.RoundRobin.next_round, job.measure
+
+    def next_round(self):
+        if len(self.runners) > 1:  # the networks' round robin, not a layer timed alone
+            events.append("round")
+        real_round(self)
+
+    def measure(*args, **kwargs):
+        events.append("layer")
+        return real_measure(*args, **kwargs)
+
+    monkeypatch.setattr(job.RoundRobin, "next_round", next_round)
+    monkeypatch.setattr(job, "measure", measure)
+    out = tmp_path / "run"
+    result = run_cli("profile-latency", *QUICK, "cost.rounds=3", "cost.cache=false", f"out={out}")
+    assert result.exit_code == 0, result.output
+    # 73 layers: a round before the 1st, the 25th and the 49th layer timed.
+    assert [events[:i].count("layer") for i, e in enumerate(events) if e == "round"] == [0, 24, 48]
+    frame = pd.read_csv(out / "validation.csv")
+    assert (frame[["measured_even_ms", "measured_odd_ms"]] > 0).all().all()
+    repeat = json.loads((out / "lut.json").read_text())["meta"]["repeatability"]
+    assert 0 <= repeat["within_5"] <= repeat["within_10"] <= 1
+    assert "agree within ±10%" in result.output
+
+
+def test_round_robin_halves_are_the_even_and_the_odd_rounds():
+    robin = RoundRobin([], Protocol(threads=1, runs=4), rounds=4)
+    robin.samples = [[[1.0], [5.0], [3.0], [7.0]], [[2.0], [2.0], [4.0], [4.0]]]
+    even, odd = robin.halves()
+    assert even.tolist() == [2.0, 3.0] and odd.tolist() == [6.0, 3.0]
+    assert [t.median_ms for t in robin.timings()] == [4.0, 3.0]
+    robin.samples = [[[1.0]]]
+    with pytest.raises(NascliError, match="two rounds"):
+        robin.halves()
 
 
 @pytest.mark.slow

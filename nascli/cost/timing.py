@@ -252,30 +252,72 @@ class Runner:
 REWARM = 2
 
 
+class RoundRobin:
+    """Modules measured interleaved, one round at a time.
+
+    The `protocol.runs` timed runs of each module are split over `rounds` rounds, and every
+    round visits every module in turn (`protocol.warmup` untimed calls in the first round,
+    `REWARM` in later ones), so a slow spell of a shared machine falls on all of them alike
+    instead of on whichever was being timed. The caller decides when each round happens: back
+    to back (`measure_many`), or spread over other work so that the modules are measured over
+    the same period as it.
+    """
+
+    def __init__(
+        self, items: list[tuple[nn.Module, tuple[int, ...]]], protocol: Protocol, rounds: int
+    ):
+        if rounds < 1:
+            raise NascliError("cost.rounds must be at least 1")
+        self.protocol, self.rounds = protocol, rounds
+        self.per_round = -(-protocol.runs // rounds)
+        self.runners = [Runner(module, shape, protocol) for module, shape in items]
+        #: Per module, per finished round: that round's timed runs (milliseconds).
+        self.samples: list[list[list[float]]] = [[] for _ in items]
+
+    @property
+    def done(self) -> int:
+        return len(self.samples[0]) if self.samples else self.rounds
+
+    def next_round(self) -> None:
+        if self.done >= self.rounds:
+            raise NascliError("every round has been measured")
+        warmup = self.protocol.warmup if self.done == 0 else min(REWARM, self.protocol.warmup)
+        for runner, collected in zip(self.runners, self.samples, strict=True):
+            collected.append(runner.samples(warmup, self.per_round))
+
+    def timings(self) -> list[Timing]:
+        """Each module's median over all its rounds."""
+        return [summarise([ms for round_ in rounds for ms in round_]) for rounds in self.samples]
+
+    def halves(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each module's median over the even-numbered rounds and over the odd-numbered ones:
+        two measurements of the same modules, interleaved in time (needs two rounds)."""
+        if self.done < 2:
+            raise NascliError("two halves need at least two rounds")
+        medians = [
+            [
+                statistics.median(ms for round_ in rounds[start::2] for ms in round_)
+                for start in (0, 1)
+            ]
+            for rounds in self.samples
+        ]
+        even, odd = np.array(medians).T
+        return even, odd
+
+
 def measure_many(
     items: list[tuple[nn.Module, tuple[int, ...]]],
     protocol: Protocol,
     rounds: int = 1,
     on_round: Callable[[int], None] = lambda done: None,
 ) -> list[Timing]:
-    """Median latency of each `(module, input_shape)`, measured interleaved.
-
-    The `protocol.runs` timed runs of each module are split over `rounds` rounds, and every
-    round visits every module in turn (`protocol.warmup` untimed calls in the first round,
-    `REWARM` in later ones), so a slow spell of a shared machine falls on all of them alike
-    instead of on whichever was being timed. `rounds=1` is one module after another.
-    """
-    if rounds < 1:
-        raise NascliError("cost.rounds must be at least 1")
-    per_round = -(-protocol.runs // rounds)
-    runners = [Runner(module, shape, protocol) for module, shape in items]
-    samples: list[list[float]] = [[] for _ in items]
-    for round_ in range(rounds):
-        warmup = protocol.warmup if round_ == 0 else min(REWARM, protocol.warmup)
-        for runner, collected in zip(runners, samples, strict=True):
-            collected += runner.samples(warmup, per_round)
-        on_round(round_ + 1)
-    return [summarise(s) for s in samples]
+    """Median latency of each `(module, input_shape)`, measured in `rounds` interleaved rounds
+    back to back (see `RoundRobin`); `rounds=1` is one module after another."""
+    robin = RoundRobin(items, protocol, rounds)
+    while robin.done < rounds:
+        robin.next_round()
+        on_round(robin.done)
+    return robin.timings()
 
 
 def measure(module: nn.Module, input_shape: tuple[int, ...], protocol: Protocol) -> Timing:

@@ -35,9 +35,9 @@ from nascli.cost.models import cached_lut_path, lut_identity, measure_network
 from nascli.cost.timing import (
     REWARM,
     Protocol,
+    RoundRobin,
     Runner,
     measure,
-    measure_many,
     protocol_from_config,
 )
 from nascli.errors import NascliError
@@ -149,11 +149,31 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
     def probe() -> float:
         return statistics.median(probe_runner.samples(REWARM, PROBE_RUNS))
 
-    def timer(module: torch.nn.Module, layer_shape: tuple[int, ...]) -> float:
-        return measure(module, (protocol.batch_size, *layer_shape), protocol).median_ms
+    # The calibration and validation networks are measured in rounds spread over the layers
+    # still to time, so that both are measured over the same period of this machine's life.
+    generator = torch.Generator().manual_seed(cfg.seed)
+    archs = sample_indices(space, cfg.cost.calibrate + cfg.cost.validate, generator)
+    networks = [decode(space, indices, settings) for indices in archs.tolist()]
+    rounds = cfg.cost.rounds
+    robin = RoundRobin([(build_model(network), shape) for network in networks], protocol, rounds)
+    todo = sum(1 for key in layers if key not in done)
+    due = [todo * r // rounds for r in range(rounds)]  # layers timed before round r
+    timed_here = 0
 
     with progress(console) as bar, partial.open("a") as log:
         task = bar.add_task(f"layers of {space.name}", total=len(layers), completed=len(done))
+        network_task = bar.add_task("end-to-end networks, rounds", total=rounds)
+
+        def next_round() -> None:
+            robin.next_round()
+            bar.update(network_task, completed=robin.done)
+
+        def timer(module: torch.nn.Module, layer_shape: tuple[int, ...]) -> float:
+            nonlocal timed_here
+            while robin.done < rounds and due[robin.done] <= timed_here:
+                next_round()
+            timed_here += 1
+            return measure(module, (protocol.batch_size, *layer_shape), protocol).median_ms
 
         def record(key: str, timing: Timed) -> None:
             ms, reading, number = timing
@@ -165,19 +185,11 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
             layers, timer, done, record, probe if cfg.cost.probe_every else None,
             cfg.cost.probe_every,
         )  # fmt: skip
-        timed = {k: timed[k] for k in layers}
-        table = LookupTable(drift_corrected(timed), identity)
-
-        generator = torch.Generator().manual_seed(cfg.seed)
-        archs = sample_indices(space, cfg.cost.calibrate + cfg.cost.validate, generator)
-        networks = [decode(space, indices, settings) for indices in archs.tolist()]
-        task = bar.add_task("end-to-end networks, rounds", total=cfg.cost.rounds)
-        timings = measure_many(
-            [(build_model(network), shape) for network in networks],
-            protocol,
-            rounds=cfg.cost.rounds,
-            on_round=lambda done: bar.update(task, completed=done),
-        )
+        while robin.done < rounds:
+            next_round()
+    timed = {k: timed[k] for k in layers}
+    table = LookupTable(drift_corrected(timed), identity)
+    timings = robin.timings()
     features = pd.DataFrame(
         [network_features(network, table.layer_sum(network)) for network in networks]
     )
@@ -189,6 +201,12 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
             "measured_ms": [timing.median_ms for timing in timings],
         }
     )
+    repeatability = None
+    if rounds >= 2:  # the measurement against itself: even-numbered rounds against odd ones
+        frame["measured_even_ms"], frame["measured_odd_ms"] = robin.halves()
+        halves = frame[frame.set == "validate"]
+        agreement = accuracy(halves.measured_even_ms.to_numpy(), halves.measured_odd_ms.to_numpy())
+        repeatability = {k: agreement[k] for k in ("within_10", "within_5", "mape")}
     calib, valid = frame[frame.set == "calibrate"], frame[frame.set == "validate"]
     calib_features = {name: calib[name].to_numpy() for name in FEATURES}
     best = choose_correction(calib_features, calib.measured_ms.to_numpy())
@@ -203,7 +221,13 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
     drift = {"probe_every": cfg.cost.probe_every, "probe_p10_ms": 0.0, "probe_p90_ms": 0.0}
     if cfg.cost.probe_every:
         drift["probe_p10_ms"], drift["probe_p90_ms"] = np.percentile(readings, [10, 90]).tolist()
-    table.meta = {**identity, "correction_kind": best, "validation": report, "drift": drift}
+    table.meta = {
+        **identity,
+        "correction_kind": best,
+        "validation": report,
+        "repeatability": repeatability,
+        "drift": drift,
+    }
 
     table.save(out / "lut.csv")
     frame.to_csv(out / "validation.csv", index=False)
@@ -241,6 +265,13 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         f"measured median; the correction is chosen by leave-one-out error on the "
         f"{len(calib)} calibration archs"
     )
+    if repeatability is not None:
+        console.print(
+            f"the measurement itself: the validation archs' medians over the even and over the "
+            f"odd rounds agree within ±10% for {repeatability['within_10']:.0%} of them "
+            f"(±5%: {repeatability['within_5']:.0%}): how repeatable the numbers the table is "
+            "judged on are"
+        )
     if cfg.cost.probe_every:
         console.print(
             f"machine speed while profiling: the probe network ran in "
