@@ -206,7 +206,7 @@ def fit_correction(kind: str, features: Features, measured: np.ndarray) -> dict[
         [*(np.asarray(features[n], dtype=float) for n in used), np.ones_like(sums)]
     )
     coef = np.linalg.lstsq(design / measured[:, None], np.ones_like(sums), rcond=None)[0].tolist()
-    fit = {FEATURES[name]: value for name, value in zip(used, coef, strict=False)}
+    fit = {FEATURES[name]: value for name, value in zip(used, coef[:-1], strict=True)}
     return {**NO_CORRECTION, **fit, "offset": coef[-1]}
 
 
