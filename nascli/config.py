@@ -93,6 +93,7 @@ class CostConfig:
     calibrate: int = 50  # profile-latency: end-to-end archs the LUT correction is fitted on
     validate: int = 50  # profile-latency: other archs the LUT is validated on
     rounds: int = 10  # profile-latency: end-to-end runs are split into rounds over all the archs
+    in_network: bool = True  # profile-latency: map layers to their time inside a network
     probe_every: int = 64  # profile-latency: layers between drift probes (0: no probe)
     cache: bool = True  # profile-latency: also store the table in the user cache
 

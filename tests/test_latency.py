@@ -5,6 +5,7 @@ import json
 import platform
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -15,12 +16,15 @@ from omegaconf import OmegaConf
 from nascli.config import CostConfig
 from nascli.cost.lut import (
     CORRECTIONS,
+    POOLED,
     LookupTable,
     choose_correction,
     distinct_layers,
     drift_corrected,
     fit_correction,
     fit_corrections,
+    fit_in_network,
+    layer_group,
     layer_key,
     layer_module,
     profile_layers,
@@ -28,8 +32,10 @@ from nascli.cost.lut import (
 from nascli.cost.models import AnalyticCost, Pixel1Cost, make_cost_model
 from nascli.cost.timing import (
     REWARM,
+    PartRounds,
     Protocol,
     RoundRobin,
+    Runner,
     measure,
     measure_many,
     protocol_from_config,
@@ -233,6 +239,7 @@ def test_the_weights_and_layers_terms_use_each_networks_own_counts(tmp_path):
     table.save(tmp_path / "lut.csv")
     info = json.loads((tmp_path / "lut.json").read_text())
     info["correction"] = {"scale": 2.0, "offset": 0.5}
+    del info["in_network"]
     (tmp_path / "lut.json").write_text(json.dumps(info))
     old = LookupTable.load(tmp_path / "lut.csv")
     assert old.predict(network) == pytest.approx(2.0 * table.layer_sum(network) + 0.5)
@@ -256,12 +263,94 @@ def test_interleaved_measurement_visits_every_module_in_each_round():
     timings = measure_many(items, protocol, rounds=3, on_round=rounds.append)
     first = ["a"] * (4 + 2) + ["b"] * (4 + 2)
     later = ["a"] * (REWARM + 2) + ["b"] * (REWARM + 2)
-    assert calls == first + later + later
+    backwards = ["b"] * (REWARM + 2) + ["a"] * (REWARM + 2)  # every other round in reverse
+    assert calls == first + backwards + later
     assert [t.runs for t in timings] == [6, 6] and rounds == [1, 2, 3]
     # Runs that do not split evenly are rounded up, never down.
     assert measure_many(items[:1], Protocol(threads=1, warmup=0, runs=5), rounds=2)[0].runs == 6
     with pytest.raises(NascliError, match="rounds"):
         measure_many(items, protocol, rounds=0)
+
+
+class Sleeper(torch.nn.Module):
+    def __init__(self, seconds, calls):
+        super().__init__()
+        self.seconds, self.calls = seconds, calls
+
+    def forward(self, x):
+        self.calls.append(self.seconds)
+        time.sleep(self.seconds)
+        return x
+
+
+def test_layers_are_timed_inside_the_network_by_hooks_that_are_removed_after():
+    calls = []
+    parts = [Sleeper(0.004, calls), Sleeper(0.0, calls), Sleeper(0.002, calls)]
+    model = torch.nn.Sequential(*parts)
+    runner = Runner(model, (1, 3), Protocol(threads=1))
+    samples = runner.part_samples(parts, warmup=2, runs=3)
+    assert len(calls) == 3 * (2 + 3)  # the warm-up calls ran, untimed
+    assert [len(part) for part in samples] == [3, 3, 3]
+    assert min(samples[0]) >= 4.0 and min(samples[2]) >= 2.0 and max(samples[1]) < 1.0
+    assert all(not p._forward_hooks and not p._forward_pre_hooks for p in parts)
+    # Rounds of such timings: one list per part per round, each part's median over rounds.
+    rounds = PartRounds([(model, (1, 3))], Protocol(threads=1, warmup=0, runs=2), 2, [parts])
+    rounds.next_round()
+    rounds.next_round()
+    assert len(rounds.samples[0]) == 2 and len(rounds.samples[0][0]) == 3
+    medians = rounds.part_medians()[0]
+    assert medians[0] >= 4.0 and medians[1] < 1.0 and medians[2] >= 2.0
+    traced = Runner(torch.nn.Linear(3, 3), (1, 3), Protocol(threads=1, backend="torchscript"))
+    with pytest.raises(NascliError, match=r"cost\.backend=torch"):
+        traced.part_samples([], 0, 1)
+
+
+def in_network_rows(lines, keys_per_group, repeats=2):
+    """Rows of a layer per key and repeat whose inside time follows its group's exact line."""
+    rows = []
+    for group, (slope, intercept) in lines.items():
+        for k in range(keys_per_group[group]):
+            for _ in range(repeats):
+                alone = 0.1 + 0.05 * k
+                rows.append((group, f"{group} {k}", alone, slope * alone + intercept))
+    return pd.DataFrame(rows, columns=["group", "key", "alone_ms", "inside_ms"])
+
+
+def test_in_network_lines_are_fitted_per_group_with_the_ratio_where_a_line_is_not_safe():
+    lines = {"a": (1.5, 0.02), "b": (0.8, -0.01), "few": (2.0, 0.1), "down": (-0.5, 1.0)}
+    rows = in_network_rows(lines, {"a": 4, "b": 3, "few": 2, "down": 3}, repeats=3)
+    fitted = fit_in_network(rows)
+    assert fitted["a"] == pytest.approx([1.5, 0.02]) and fitted["b"] == pytest.approx([0.8, -0.01])
+    for group in ("few", "down"):  # 2 distinct layers; a falling line: the ratio instead
+        part = rows[rows.group == group]
+        assert fitted[group] == pytest.approx([part.inside_ms.sum() / part.alone_ms.sum(), 0.0])
+    assert fitted[POOLED] == pytest.approx([rows.inside_ms.sum() / rows.alone_ms.sum(), 0.0])
+
+
+def test_a_table_maps_each_layer_by_its_groups_line_before_the_sum(tmp_path):
+    table = fake_table("mnv3")
+    network = decode(SPACES["mnv3"], [1] * len(SPACES["mnv3"].decisions), PROXY)
+    groups = sorted({layer_group(layer) for layer in network.layers})
+    table.in_network = {POOLED: [2.0, 0.0], groups[0]: [1.5, 0.01], groups[1]: [1.0, -1e6]}
+    expected = 0.0
+    for layer in network.layers:
+        alone = table.entries[layer_key(layer)]
+        slope, intercept = table.in_network.get(layer_group(layer), [2.0, 0.0])
+        expected += max(slope * alone + intercept, 0.0)  # never below zero
+    assert table.layer_sum(network) == pytest.approx(expected)
+    alone = sum(table.entries[layer_key(layer)] for layer in network.layers)
+    assert table.layer_sum(network, inside=False) == pytest.approx(alone)
+    table.correction = {"scale": 2.0, "offset": 0.5}
+    assert table.predict(network) == pytest.approx(2.0 * expected + 0.5)
+    table.save(tmp_path / "lut.csv")
+    assert LookupTable.load(tmp_path / "lut.csv").predict(network) == pytest.approx(
+        2 * expected + 0.5
+    )
+    info = json.loads((tmp_path / "lut.json").read_text())
+    for bad in ({groups[0]: [1.0, 0.0]}, {POOLED: [1.0]}, {POOLED: ["x", 0.0]}, [1.0]):
+        (tmp_path / "lut.json").write_text(json.dumps({**info, "in_network": bad}))
+        with pytest.raises(NascliError, match="invalid in-network lines"):
+            LookupTable.load(tmp_path / "lut.csv")
 
 
 FAULTS = """
@@ -409,9 +498,32 @@ def test_network_rounds_are_spread_over_the_layer_timing(run_cli, tmp_path, monk
     assert [events[:i].count("layer") for i, e in enumerate(events) if e == "round"] == [0, 24, 48]
     frame = pd.read_csv(out / "validation.csv")
     assert (frame[["measured_even_ms", "measured_odd_ms"]] > 0).all().all()
-    repeat = json.loads((out / "lut.json").read_text())["meta"]["repeatability"]
+    info = json.loads((out / "lut.json").read_text())
+    repeat = info["meta"]["repeatability"]
     assert 0 <= repeat["within_5"] <= repeat["within_10"] <= 1
     assert "agree within ±10%" in result.output
+    # The two sets are mixed in measuring order: 5 calibration and 4 validation archs.
+    assert frame.set.tolist() == ["validate", "calibrate"] * 4 + ["calibrate"]
+    # The in-network lines come from every layer of the calibration archs, and only theirs.
+    rows = pd.read_csv(out / "in_network.csv")
+    calibration = frame[frame.set == "calibrate"]
+    assert len(rows) == calibration.layers.sum() and rows.network.nunique() == 5
+    assert (rows.inside_ms > 0).all() and set(info["in_network"]) == {POOLED, *rows.group}
+    alone = info["meta"]["alone"]
+    assert alone["correction_kind"] in CORRECTIONS and 0 <= alone["within_10"] <= 1
+    assert (frame.alone_sum_ms > 0).all() and "summed as timed alone instead" in result.output
+
+
+def test_without_in_network_lines_layers_are_summed_as_timed_alone(run_cli, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("profile-latency", *QUICK, "cost.in_network=false", "cost.cache=false",
+                     f"out={out}")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "lut.json").read_text())
+    assert info["in_network"] == {} and info["meta"]["alone"] is None
+    frame = pd.read_csv(out / "validation.csv")
+    assert (frame.layer_sum_ms == frame.alone_sum_ms).all()
+    assert not (out / "in_network.csv").exists()
 
 
 def test_round_robin_halves_are_the_even_and_the_odd_rounds():

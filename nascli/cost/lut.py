@@ -4,9 +4,16 @@ A network's predicted latency is the sum of its layers' entries plus a correctio
 end-to-end measurements of a few networks: a constant per-network overhead, or a line in the
 sum, optionally with the network's weights and number of layers as further terms (see
 `CORRECTIONS`). The correction is chosen by leave-one-out error on the calibration networks,
-before the validation networks are looked at. A layer missing
-from the table is an error naming it, never a silent zero; a table measured on another machine
-or with other settings is refused.
+before the validation networks are looked at.
+
+A layer timed alone is not the same layer inside a network: alone, its code and data stay hot
+from one run to the next; inside, the other layers ran in between. How much that changes its
+time depends on the kind of layer and where it sits, so a table can also carry one line per
+`layer_group` (`fit_in_network`), fitted on the calibration networks' layers timed inside them
+with forward hooks, that maps each entry to its time inside a network before the sum.
+
+A layer missing from the table is an error naming it, never a silent zero; a table measured on
+another machine or with other settings is refused.
 """
 
 from __future__ import annotations
@@ -85,15 +92,51 @@ def distinct_layers(space: SearchSpace, settings: NetworkSettings) -> dict[str, 
     return found
 
 
+def layer_group(layer: LayerArgs) -> str:
+    """Layers whose time inside a network is taken to relate to their time alone in the same
+    way: one kind, activation and stride, at one input resolution."""
+    return f"{layer.kind} act={layer.act} s={layer.stride} res={layer.in_resolution}"
+
+
+#: The line for a group no calibration network had: all groups pooled.
+POOLED = "*"
+#: The fewest layers, and distinct layers, a group's own line is fitted on; with fewer, or if
+#: the fitted slope is not positive, the group gets the ratio of its summed times instead.
+MIN_GROUP_ROWS, MIN_GROUP_KEYS = 6, 3
+
+
+def fit_in_network(rows: pd.DataFrame) -> dict[str, list[float]]:
+    """Per `layer_group`, the least-squares line `inside_ms ≈ slope·alone_ms + intercept` over
+    `rows` (one per layer of each calibration network: group, key, alone_ms, inside_ms), and
+    `POOLED`, the ratio over all rows."""
+
+    def ratio(part: pd.DataFrame) -> list[float]:
+        return [float(part.inside_ms.sum() / part.alone_ms.sum()), 0.0]
+
+    lines = {POOLED: ratio(rows)}
+    for group, part in rows.groupby("group", sort=True):
+        line = ratio(part)
+        if len(part) >= MIN_GROUP_ROWS and part.key.nunique() >= MIN_GROUP_KEYS:
+            slope, intercept = np.polyfit(part.alone_ms, part.inside_ms, 1).tolist()
+            if slope > 0:
+                line = [slope, intercept]
+        lines[str(group)] = line
+    return lines
+
+
 @dataclass
 class LookupTable:
-    """Median latency (ms) per layer key, the correction, and what it was measured under."""
+    """Median latency (ms) per layer key, the in-network lines (none: entries are summed as
+    timed alone), the correction, and what it was measured under."""
 
     entries: dict[str, float]
     meta: dict[str, Any]
     correction: dict[str, float] = field(default_factory=lambda: dict(NO_CORRECTION))
+    in_network: dict[str, list[float]] = field(default_factory=dict)
 
-    def layer_sum(self, network: Network) -> float:
+    def layer_sum(self, network: Network, inside: bool = True) -> float:
+        """The network's layers' entries summed, each mapped by its group's in-network line
+        (never below zero) unless `inside=False`."""
         total = 0.0
         for layer in network.layers:
             key = layer_key(layer)
@@ -102,7 +145,11 @@ class LookupTable:
                     f"layer {layer.name} ({key}) is not in the latency table; rebuild it with "
                     "`nascli profile-latency` for these settings"
                 )
-            total += self.entries[key]
+            ms = self.entries[key]
+            if inside and self.in_network:
+                line = self.in_network.get(layer_group(layer), self.in_network[POOLED])
+                ms = max(line[0] * ms + line[1], 0.0)
+            total += ms
         return total
 
     def predict(self, network: Network) -> float:
@@ -122,7 +169,12 @@ class LookupTable:
             table.to_csv(tmp, index=False)
         write_json(
             path.with_suffix(".json"),
-            {"format": FORMAT, "meta": self.meta, "correction": self.correction},
+            {
+                "format": FORMAT,
+                "meta": self.meta,
+                "correction": self.correction,
+                "in_network": self.in_network,
+            },
         )
 
     @classmethod
@@ -148,7 +200,16 @@ class LookupTable:
                     f"{k}: table {info['meta'].get(k)!r}, here {expected[k]!r}" for k in differs
                 )
                 raise NascliError(f"{path} was measured under other settings ({details})")
-        return cls(entries, info["meta"], {**NO_CORRECTION, **info["correction"]})
+        in_network = info.get("in_network") or {}
+        lines_ok = isinstance(in_network, dict) and all(
+            isinstance(line, list)
+            and len(line) == 2
+            and all(isinstance(v, int | float) and np.isfinite(v) for v in line)
+            for line in in_network.values()
+        )
+        if not lines_ok or (in_network and POOLED not in in_network):
+            raise NascliError(f"{meta_path} has invalid in-network lines")
+        return cls(entries, info["meta"], {**NO_CORRECTION, **info["correction"]}, in_network)
 
 
 #: What a correction can use about a network, each with the coefficient it gets:

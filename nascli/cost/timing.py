@@ -246,21 +246,65 @@ class Runner:
                 return _cuda_samples(self.run, warmup, runs)
             return sample_runs(self.run, warmup, runs)
 
+    def part_samples(self, parts: list[nn.Module], warmup: int, runs: int) -> list[list[float]]:
+        """Milliseconds each of `parts` (submodules of the module) takes inside each of `runs`
+        timed runs of the whole, after `warmup` untimed ones: forward hooks read the clock (on
+        GPU: record events) as each part starts and ends. Eager `torch` backend only; the hooks
+        are removed afterwards."""
+        if self.protocol.backend != "torch":
+            raise NascliError("timing layers inside a network needs cost.backend=torch")
+        starts: list[Any] = [None] * len(parts)
+        ends: list[Any] = [None] * len(parts)
+
+        def clock() -> Any:
+            if not self.cuda:
+                return time.perf_counter_ns()
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+
+        def elapsed(start: Any, end: Any) -> float:
+            return start.elapsed_time(end) if self.cuda else (end - start) / 1e6
+
+        def mark(marks: list[Any], i: int) -> Callable[..., None]:
+            return lambda *_: marks.__setitem__(i, clock())
+
+        handles = []
+        for i, part in enumerate(parts):
+            handles.append(part.register_forward_pre_hook(mark(starts, i)))
+            handles.append(part.register_forward_hook(mark(ends, i)))
+        samples: list[list[float]] = [[] for _ in parts]
+        try:
+            with thread_count(self.protocol.threads), torch.inference_mode():
+                for _ in range(warmup):
+                    self.run()
+                for _ in range(runs):
+                    self.run()
+                    if self.cuda:
+                        torch.cuda.synchronize()
+                    for i in range(len(parts)):
+                        samples[i].append(elapsed(starts[i], ends[i]))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return samples
+
 
 #: Untimed calls before each later round of an interleaved measurement, so that a network is
 #: timed in its steady state, not just after the others have evicted it from the caches.
 REWARM = 2
 
 
-class RoundRobin:
+class Rounds:
     """Modules measured interleaved, one round at a time.
 
     The `protocol.runs` timed runs of each module are split over `rounds` rounds, and every
     round visits every module in turn (`protocol.warmup` untimed calls in the first round,
-    `REWARM` in later ones), so a slow spell of a shared machine falls on all of them alike
-    instead of on whichever was being timed. The caller decides when each round happens: back
-    to back (`measure_many`), or spread over other work so that the modules are measured over
-    the same period as it.
+    `REWARM` in later ones; every other round in reverse order), so a slow spell of a shared
+    machine falls on all of them alike instead of on whichever was being timed. The caller
+    decides when each round happens: back to back (`measure_many`), or spread over other work
+    so that the modules are measured over the same period as it. What a round records per
+    module is the subclass's `_sample`.
     """
 
     def __init__(
@@ -271,8 +315,8 @@ class RoundRobin:
         self.protocol, self.rounds = protocol, rounds
         self.per_round = -(-protocol.runs // rounds)
         self.runners = [Runner(module, shape, protocol) for module, shape in items]
-        #: Per module, per finished round: that round's timed runs (milliseconds).
-        self.samples: list[list[list[float]]] = [[] for _ in items]
+        #: Per module, per finished round: what `_sample` recorded.
+        self.samples: list[list[Any]] = [[] for _ in items]
 
     @property
     def done(self) -> int:
@@ -282,8 +326,19 @@ class RoundRobin:
         if self.done >= self.rounds:
             raise NascliError("every round has been measured")
         warmup = self.protocol.warmup if self.done == 0 else min(REWARM, self.protocol.warmup)
-        for runner, collected in zip(self.runners, self.samples, strict=True):
-            collected.append(runner.samples(warmup, self.per_round))
+        order = range(len(self.samples))
+        for index in order if self.done % 2 == 0 else reversed(order):
+            self.samples[index].append(self._sample(index, warmup, self.per_round))
+
+    def _sample(self, index: int, warmup: int, runs: int) -> Any:
+        raise NotImplementedError
+
+
+class RoundRobin(Rounds):
+    """`Rounds` of whole modules: each round records every module's timed runs (ms)."""
+
+    def _sample(self, index: int, warmup: int, runs: int) -> list[float]:
+        return self.runners[index].samples(warmup, runs)
 
     def timings(self) -> list[Timing]:
         """Each module's median over all its rounds."""
@@ -303,6 +358,34 @@ class RoundRobin:
         ]
         even, odd = np.array(medians).T
         return even, odd
+
+
+class PartRounds(Rounds):
+    """`Rounds` that time given parts of each module inside it (`Runner.part_samples`):
+    `parts[i]` are submodules of the i-th module; each round records one list per part."""
+
+    def __init__(
+        self,
+        items: list[tuple[nn.Module, tuple[int, ...]]],
+        protocol: Protocol,
+        rounds: int,
+        parts: list[list[nn.Module]],
+    ):
+        super().__init__(items, protocol, rounds)
+        self.parts = parts
+
+    def _sample(self, index: int, warmup: int, runs: int) -> list[list[float]]:
+        return self.runners[index].part_samples(self.parts[index], warmup, runs)
+
+    def part_medians(self) -> list[list[float]]:
+        """Per module, each part's median milliseconds over all rounds."""
+        return [
+            [
+                statistics.median(ms for round_ in rounds for ms in round_[part])
+                for part in range(len(parts))
+            ]
+            for rounds, parts in zip(self.samples, self.parts, strict=True)
+        ]
 
 
 def measure_many(

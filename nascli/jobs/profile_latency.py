@@ -28,12 +28,16 @@ from nascli.cost.lut import (
     distinct_layers,
     drift_corrected,
     fit_corrections,
+    fit_in_network,
+    layer_group,
+    layer_key,
     network_features,
     profile_layers,
 )
 from nascli.cost.models import cached_lut_path, lut_identity, measure_network
 from nascli.cost.timing import (
     REWARM,
+    PartRounds,
     Protocol,
     RoundRobin,
     Runner,
@@ -43,7 +47,7 @@ from nascli.cost.timing import (
 from nascli.errors import NascliError
 from nascli.files import write_json
 from nascli.jobs.build import configured_network
-from nascli.nn.builder import build_model
+from nascli.nn.builder import build_model, layer_modules
 from nascli.report import plots
 from nascli.report.tables import human
 from nascli.space.arch import get_space, sample_indices
@@ -120,6 +124,52 @@ def check_table_settings(cost: DictConfig) -> None:
             raise NascliError(f"cost.{name}={cost[name]}: must be at least {least}")
 
 
+def choose_and_validate(
+    frame: pd.DataFrame, sums: str
+) -> tuple[str, dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Every correction fitted on the calibration archs with `sums` as the layer sum, the one
+    chosen by leave-one-out, and each one's accuracy on the validation archs."""
+
+    def features(rows: pd.DataFrame) -> dict[str, np.ndarray]:
+        return {name: rows[name].to_numpy() for name in FEATURES} | {
+            "layer_sum_ms": rows[sums].to_numpy()
+        }
+
+    calib, valid = frame[frame.set == "calibrate"], frame[frame.set == "validate"]
+    best = choose_correction(features(calib), calib.measured_ms.to_numpy())
+    fits = fit_corrections(features(calib), calib.measured_ms.to_numpy())
+    report = {
+        name: {**fit, **accuracy(corrected(fit, features(valid)), valid.measured_ms.to_numpy())}
+        for name, fit in fits.items()
+    }
+    return best, fits, report
+
+
+def mixed_sets(calibrate: int, validate: int) -> list[str]:
+    """Which of the sampled archs calibrate and which validate: the two sets evenly mixed in
+    measuring order, so that whatever the machine does during a round falls on both alike."""
+    total = calibrate + validate
+    return [
+        "calibrate" if (p + 1) * calibrate // total > p * calibrate // total else "validate"
+        for p in range(total)
+    ]
+
+
+def in_network_rows(
+    networks: list, alone: dict[str, float], medians: list[list[float]]
+) -> pd.DataFrame:
+    """One row per layer of each network: its group and key, its table entry (alone) and its
+    median inside the network."""
+    return pd.DataFrame(
+        [
+            (number, layer.name, layer_group(layer), layer_key(layer), alone[layer_key(layer)], ms)
+            for number, (network, times) in enumerate(zip(networks, medians, strict=True))
+            for layer, ms in zip(network.layers, times, strict=True)
+        ],
+        columns=["network", "layer", "group", "key", "alone_ms", "inside_ms"],
+    )
+
+
 def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path) -> None:
     check_table_settings(cfg.cost)
     space = get_space(cfg.space.name)
@@ -154,8 +204,19 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
     generator = torch.Generator().manual_seed(cfg.seed)
     archs = sample_indices(space, cfg.cost.calibrate + cfg.cost.validate, generator)
     networks = [decode(space, indices, settings) for indices in archs.tolist()]
+    sets = mixed_sets(cfg.cost.calibrate, cfg.cost.validate)
+    calibration = [
+        network for network, kind in zip(networks, sets, strict=True) if kind == "calibrate"
+    ]
     rounds = cfg.cost.rounds
     robin = RoundRobin([(build_model(network), shape) for network in networks], protocol, rounds)
+    # The calibration networks' layers timed inside them, in the same rounds, on copies with
+    # forward hooks (the hooks' own cost stays out of the end-to-end numbers).
+    inside = None
+    if cfg.cost.in_network and protocol.backend == "torch":
+        models = [build_model(network) for network in calibration]
+        parts = [layer_modules(model) for model in models]
+        inside = PartRounds([(model, shape) for model in models], protocol, rounds, parts)
     todo = sum(1 for key in layers if key not in done)
     due = [todo * r // rounds for r in range(rounds)]  # layers timed before round r
     timed_here = 0
@@ -166,6 +227,8 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
 
         def next_round() -> None:
             robin.next_round()
+            if inside is not None:
+                inside.next_round()
             bar.update(network_task, completed=robin.done)
 
         def timer(module: torch.nn.Module, layer_shape: tuple[int, ...]) -> float:
@@ -189,14 +252,19 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
             next_round()
     timed = {k: timed[k] for k in layers}
     table = LookupTable(drift_corrected(timed), identity)
+    if inside is not None:
+        rows = in_network_rows(calibration, table.entries, inside.part_medians())
+        rows.to_csv(out / "in_network.csv", index=False)
+        table.in_network = fit_in_network(rows)
     timings = robin.timings()
     features = pd.DataFrame(
         [network_features(network, table.layer_sum(network)) for network in networks]
     )
+    features["alone_sum_ms"] = [table.layer_sum(network, inside=False) for network in networks]
     frame = pd.DataFrame(
         {
             "indices": [":".join(map(str, indices)) for indices in archs.tolist()],
-            "set": ["calibrate"] * cfg.cost.calibrate + ["validate"] * cfg.cost.validate,
+            "set": sets,
             **features,
             "measured_ms": [timing.median_ms for timing in timings],
         }
@@ -208,15 +276,14 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         agreement = accuracy(halves.measured_even_ms.to_numpy(), halves.measured_odd_ms.to_numpy())
         repeatability = {k: agreement[k] for k in ("within_10", "within_5", "mape")}
     calib, valid = frame[frame.set == "calibrate"], frame[frame.set == "validate"]
-    calib_features = {name: calib[name].to_numpy() for name in FEATURES}
-    best = choose_correction(calib_features, calib.measured_ms.to_numpy())
-    fits = fit_corrections(calib_features, calib.measured_ms.to_numpy())
-    report = {}
+    best, fits, report = choose_and_validate(frame, "layer_sum_ms")
     for name, fit in fits.items():
         frame[f"predicted_{name}_ms"] = corrected(fit, frame)
-        predicted = frame.loc[frame.set == "validate", f"predicted_{name}_ms"].to_numpy()
-        report[name] = {**fit, **accuracy(predicted, valid.measured_ms.to_numpy())}
     table.correction = fits[best]
+    alone = None
+    if table.in_network:  # what the same choice makes of the layers summed as timed alone
+        alone_best, _, alone_report = choose_and_validate(frame, "alone_sum_ms")
+        alone = {"correction_kind": alone_best, **alone_report[alone_best]}
     readings = np.array([reading for _, reading, _ in timed.values()])
     drift = {"probe_every": cfg.cost.probe_every, "probe_p10_ms": 0.0, "probe_p90_ms": 0.0}
     if cfg.cost.probe_every:
@@ -225,6 +292,7 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         **identity,
         "correction_kind": best,
         "validation": report,
+        "alone": alone,
         "repeatability": repeatability,
         "drift": drift,
     }
@@ -265,6 +333,13 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         f"measured median; the correction is chosen by leave-one-out error on the "
         f"{len(calib)} calibration archs"
     )
+    if alone is not None:
+        console.print(
+            f"each layer mapped to its time inside a network by {len(table.in_network) - 1} "
+            f"group lines (in_network.csv); summed as timed alone instead, the chosen "
+            f"{alone['correction_kind']} correction scores ±10% {alone['within_10']:.0%}, "
+            f"±5% {alone['within_5']:.0%}, MAPE {alone['mape']:.1%}"
+        )
     if repeatability is not None:
         console.print(
             f"the measurement itself: the validation archs' medians over the even and over the "
@@ -280,6 +355,7 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         )
     console.print(
         f"wrote {out}/lut.csv, lut.json, layer_timings.csv, validation.csv, lut_validation.png"
+        + (", in_network.csv" if inside is not None else "")
     )
     if cfg.cost.cache:
         cached = cached_lut_path(identity)

@@ -51,6 +51,12 @@ def build_layer(layer: LayerArgs) -> nn.Module:
     raise ValueError(f"cannot build a {layer.kind!r} layer")
 
 
+def layer_modules(model: MobileNet) -> list[nn.Module]:
+    """The modules of a `build_model` model that compute its network's layers, in order (the
+    classifier without the flatten and dropout before it)."""
+    return [*model.features.children(), model.classifier]
+
+
 def init_conv_kernel(weight: torch.Tensor, fan_in: int) -> None:
     """TuNAS's truncated He-normal: std √(2/fan_in), truncated at 2σ, variance restored."""
     std = math.sqrt(2.0 / fan_in) / _TRUNCATED_STD_CORRECTION
