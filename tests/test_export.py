@@ -6,7 +6,7 @@ import torch
 from conftest import SPACE_NAMES, random_archs
 
 from nascli.nn.builder import build_model
-from nascli.nn.export import export_onnx, export_torchscript
+from nascli.nn.export import _export_traced, export_onnx, export_torchscript
 from nascli.space.network import NetworkSettings, decode
 from nascli.space.spaces import SPACES
 
@@ -36,7 +36,9 @@ def test_exports_reproduce_pytorch_outputs(name, tmp_path):
     scripted = torch.jit.load(str(tmp_path / "model.pt"))
     torch.testing.assert_close(scripted(images), expected, atol=1e-4, rtol=0)
 
-    export_onnx(model, torch.randn(1, 3, 40, 40), tmp_path / "model.onnx")
-    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
-    (logits,) = session.run(None, {"images": images.numpy()})
-    torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=0)
+    assert _export_traced(model, torch.randn(1, 3, 40, 40), tmp_path / "traced.onnx")
+    for quick in (False, True):  # the current exporter, and the quick one latency timing uses
+        export_onnx(model, torch.randn(1, 3, 40, 40), tmp_path / "model.onnx", quick=quick)
+        session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+        (logits,) = session.run(None, {"images": images.numpy()})
+        torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=0)

@@ -202,7 +202,7 @@ def _onnx_session(module: nn.Module, example: torch.Tensor, protocol: Protocol) 
 
     with tempfile.TemporaryDirectory() as folder:
         path = f"{folder}/m.onnx"
-        export_onnx(module, example, path)
+        export_onnx(module, example, path, quick=True)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = protocol.threads
         options.inter_op_num_threads = 1

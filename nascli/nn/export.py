@@ -21,9 +21,14 @@ def export_torchscript(model: nn.Module, path: Path) -> None:
         torch.jit.script(model.eval()).save(str(path))
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Export `model` (eval mode) to ONNX with a dynamic batch dimension."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, quick: bool = False) -> None:
+    """Export `model` (eval mode) to ONNX with a dynamic batch dimension.
+
+    The default is torch's current exporter (`torch.export`, then onnxscript's optimiser).
+    `quick=True` uses the older TorchScript-tracing exporter, 25–70× faster for one layer (about
+    0.02 s instead of 0.6–2.4 s here) and enough for timing, where thousands of layers are
+    exported; where a torch no longer has it, the current exporter is used.
+    """
     # The exporter and its optimiser log every pass they run; keep the terminal readable.
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
     levels = [logger.level for logger in loggers]
@@ -32,6 +37,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
+            if quick and _export_traced(model, example, path):
+                return
+            batch = torch.export.Dim("batch", min=1, max=4096)
             program = torch.onnx.export(
                 model.eval(),
                 (example,),
@@ -46,3 +54,21 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+def _export_traced(model: nn.Module, example: torch.Tensor, path: Path) -> bool:
+    """The TorchScript-tracing exporter; False where this torch no longer has it."""
+    try:
+        torch.onnx.export(
+            model.eval(),
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    except (TypeError, NotImplementedError, RuntimeError):
+        return False
+    return True
