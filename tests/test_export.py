@@ -23,6 +23,7 @@ def trained_like(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("name", SPACE_NAMES)
+@pytest.mark.filterwarnings("ignore:Constant folding")  # the tracing exporter, called directly
 def test_exports_reproduce_pytorch_outputs(name, tmp_path):
     settings = NetworkSettings(resolution=40, num_classes=7, in_channels=3)
     network = decode(SPACES[name], random_archs(name, 1, seed=11)[0], settings)
