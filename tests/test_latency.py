@@ -305,7 +305,7 @@ def test_layers_are_timed_inside_the_network_by_hooks_that_are_removed_after():
         traced.part_samples([], 0, 1)
 
 
-def in_network_rows(lines, keys_per_group, repeats=2):
+def rows_on_lines(lines, keys_per_group, repeats=2):
     """Rows of a layer per key and repeat whose inside time follows its group's exact line."""
     rows = []
     for group, (slope, intercept) in lines.items():
@@ -318,7 +318,7 @@ def in_network_rows(lines, keys_per_group, repeats=2):
 
 def test_in_network_lines_are_fitted_per_group_with_the_ratio_where_a_line_is_not_safe():
     lines = {"a": (1.5, 0.02), "b": (0.8, -0.01), "few": (2.0, 0.1), "down": (-0.5, 1.0)}
-    rows = in_network_rows(lines, {"a": 4, "b": 3, "few": 2, "down": 3}, repeats=3)
+    rows = rows_on_lines(lines, {"a": 4, "b": 3, "few": 2, "down": 3}, repeats=3)
     fitted = fit_in_network(rows)
     assert fitted["a"] == pytest.approx([1.5, 0.02]) and fitted["b"] == pytest.approx([0.8, -0.01])
     for group in ("few", "down"):  # 2 distinct layers; a falling line: the ratio instead
@@ -514,11 +514,13 @@ def test_network_rounds_are_spread_over_the_layer_timing(run_cli, tmp_path, monk
     assert (frame.alone_sum_ms > 0).all() and "summed as timed alone instead" in result.output
 
 
-def test_without_in_network_lines_layers_are_summed_as_timed_alone(run_cli, tmp_path):
+@pytest.mark.parametrize("override", ["cost.in_network=false", "cost.backend=onnxruntime"])
+def test_without_in_network_lines_layers_are_summed_as_timed_alone(run_cli, tmp_path, override):
     out = tmp_path / "run"
-    result = run_cli("profile-latency", *QUICK, "cost.in_network=false", "cost.cache=false",
-                     f"out={out}")  # fmt: skip
+    result = run_cli("profile-latency", *QUICK, override, "cost.cache=false", f"out={out}")
     assert result.exit_code == 0, result.output
+    if "backend" in override:  # hooks need eager torch modules: said, not silently skipped
+        assert "with onnxruntime they are summed as timed alone" in " ".join(result.output.split())
     info = json.loads((out / "lut.json").read_text())
     assert info["in_network"] == {} and info["meta"]["alone"] is None
     frame = pd.read_csv(out / "validation.csv")

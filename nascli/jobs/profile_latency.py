@@ -51,7 +51,7 @@ from nascli.nn.builder import build_model, layer_modules
 from nascli.report import plots
 from nascli.report.tables import human
 from nascli.space.arch import get_space, sample_indices
-from nascli.space.network import decode
+from nascli.space.network import Network, decode
 from nascli.train.distributed import resolve_device
 
 #: The columns of `lut_partial.csv` and `layer_timings.csv`: each layer's median milliseconds
@@ -156,7 +156,7 @@ def mixed_sets(calibrate: int, validate: int) -> list[str]:
 
 
 def in_network_rows(
-    networks: list, alone: dict[str, float], medians: list[list[float]]
+    networks: list[Network], alone: dict[str, float], medians: list[list[float]]
 ) -> pd.DataFrame:
     """One row per layer of each network: its group and key, its table entry (alone) and its
     median inside the network."""
@@ -213,7 +213,12 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
     # The calibration networks' layers timed inside them, in the same rounds, on copies with
     # forward hooks (the hooks' own cost stays out of the end-to-end numbers).
     inside = None
-    if cfg.cost.in_network and protocol.backend == "torch":
+    if cfg.cost.in_network and protocol.backend != "torch":
+        console.print(
+            f"cost.in_network: layers can only be timed inside a network with the torch "
+            f"backend; with {protocol.backend} they are summed as timed alone"
+        )
+    elif cfg.cost.in_network:
         models = [build_model(network) for network in calibration]
         parts = [layer_modules(model) for model in models]
         inside = PartRounds([(model, shape) for model in models], protocol, rounds, parts)
