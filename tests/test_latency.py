@@ -246,11 +246,14 @@ def test_the_weights_and_layers_terms_use_each_networks_own_counts(tmp_path):
 
 
 class Recorder(torch.nn.Module):
-    def __init__(self, name, calls):
+    """Appends its name to `calls` on every call, after sleeping `seconds`."""
+
+    def __init__(self, name, calls, seconds=0.0):
         super().__init__()
-        self.name, self.calls = name, calls
+        self.name, self.calls, self.seconds = name, calls, seconds
 
     def forward(self, x):
+        time.sleep(self.seconds)
         self.calls.append(self.name)
         return x
 
@@ -272,20 +275,9 @@ def test_interleaved_measurement_visits_every_module_in_each_round():
         measure_many(items, protocol, rounds=0)
 
 
-class Sleeper(torch.nn.Module):
-    def __init__(self, seconds, calls):
-        super().__init__()
-        self.seconds, self.calls = seconds, calls
-
-    def forward(self, x):
-        self.calls.append(self.seconds)
-        time.sleep(self.seconds)
-        return x
-
-
 def test_layers_are_timed_inside_the_network_by_hooks_that_are_removed_after():
     calls = []
-    parts = [Sleeper(0.004, calls), Sleeper(0.0, calls), Sleeper(0.002, calls)]
+    parts = [Recorder("a", calls, 0.004), Recorder("b", calls), Recorder("c", calls, 0.002)]
     model = torch.nn.Sequential(*parts)
     runner = Runner(model, (1, 3), Protocol(threads=1))
     samples = runner.part_samples(parts, warmup=2, runs=3)
