@@ -494,6 +494,8 @@ def test_network_rounds_are_spread_over_the_layer_timing(run_cli, tmp_path, monk
     repeat = info["meta"]["repeatability"]
     assert 0 <= repeat["within_5"] <= repeat["within_10"] <= 1
     assert "agree within ±10%" in result.output
+    flagged = "did not repeat itself" in " ".join(result.output.split())
+    assert flagged == (repeat["within_10"] < 0.9)
     # The two sets are mixed in measuring order: 5 calibration and 4 validation archs.
     assert frame.set.tolist() == ["validate", "calibrate"] * 4 + ["calibrate"]
     # The in-network lines come from every layer of the calibration archs, and only theirs.
@@ -518,6 +520,21 @@ def test_without_in_network_lines_layers_are_summed_as_timed_alone(run_cli, tmp_
     frame = pd.read_csv(out / "validation.csv")
     assert (frame.layer_sum_ms == frame.alone_sum_ms).all()
     assert not (out / "in_network.csv").exists()
+
+
+def test_a_measurement_that_does_not_repeat_itself_is_flagged(run_cli, tmp_path, monkeypatch):
+    from nascli.jobs import profile_latency as job
+
+    def halves(self):  # every validation arch twice as slow in the odd rounds as in the even
+        even = np.arange(1.0, len(self.samples) + 1)
+        return even, 2 * even
+
+    monkeypatch.setattr(job.RoundRobin, "halves", halves)
+    out = tmp_path / "run"
+    result = run_cli("profile-latency", *QUICK, "cost.cache=false", f"out={out}")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "lut.json").read_text())["meta"]["repeatability"]["within_10"] == 0
+    assert "did not repeat itself" in " ".join(result.output.split())
 
 
 def test_round_robin_halves_are_the_even_and_the_odd_rounds():

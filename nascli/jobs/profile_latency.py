@@ -58,6 +58,9 @@ from nascli.train.distributed import resolve_device
 #: as timed, and the drift probe's reading taken with it and that reading's number.
 TIMING_COLUMNS = ("key", "raw_ms", "probe_ms", "probe")
 PROBE_RUNS = 5
+#: The least share of validation archs whose even- and odd-round medians agree within ±10% for
+#: the validation to be taken at its word; below it the report says so.
+STEADY = 0.9
 
 
 def progress(console: Console) -> Progress:
@@ -352,6 +355,12 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
             f"(±5%: {repeatability['within_5']:.0%}): how repeatable the numbers the table is "
             "judged on are"
         )
+        if repeatability["within_10"] < STEADY:
+            console.print(
+                f"[yellow]warning:[/] the measurement did not repeat itself (under "
+                f"{STEADY:.0%} within ±10%), so the scores above say more about this machine's "
+                "noise than about the table: build it again when the machine is quieter"
+            )
     if cfg.cost.probe_every:
         console.print(
             f"machine speed while profiling: the probe network ran in "
