@@ -39,8 +39,9 @@ from nascli.cost.timing import (
     measure,
     measure_many,
     protocol_from_config,
+    sample_runs,
+    summarise,
     thread_count,
-    time_runs,
 )
 from nascli.errors import NascliError
 from nascli.space.arch import sample_indices
@@ -62,7 +63,7 @@ def test_warmup_is_not_timed_and_the_median_is_reported():
         now[0] += next(durations) * 1_000_000  # milliseconds as nanoseconds
         next(ticks)
 
-    timing = time_runs(run, warmup=3, runs=5, clock=clock)
+    timing = summarise(sample_runs(run, warmup=3, runs=5, clock=clock))
     assert next(ticks) == 8  # every call happened
     assert timing.median_ms == 5.0 and timing.runs == 5
     assert timing.p10_ms == pytest.approx(1.8) and timing.p90_ms == pytest.approx(8.2)

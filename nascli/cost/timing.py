@@ -120,17 +120,6 @@ def sample_runs(
     return samples
 
 
-def time_runs(
-    run: Callable[[], Any],
-    warmup: int,
-    runs: int,
-    clock: Callable[[], int] = time.perf_counter_ns,
-    synchronize: Callable[[], None] = lambda: None,
-) -> Timing:
-    """`sample_runs`, summarised: the median with p10/p90."""
-    return summarise(sample_runs(run, warmup, runs, clock, synchronize))
-
-
 def _cuda_samples(run: Callable[[], Any], warmup: int, runs: int) -> list[float]:
     for _ in range(warmup):
         run()

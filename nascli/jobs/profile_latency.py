@@ -283,7 +283,6 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         halves = frame[frame.set == "validate"]
         agreement = accuracy(halves.measured_even_ms.to_numpy(), halves.measured_odd_ms.to_numpy())
         repeatability = {k: agreement[k] for k in ("within_10", "within_5", "mape")}
-    calib, valid = frame[frame.set == "calibrate"], frame[frame.set == "validate"]
     best, fits, report = choose_and_validate(frame, "layer_sum_ms")
     for name, fit in fits.items():
         frame[f"predicted_{name}_ms"] = corrected(fit, frame)
@@ -322,7 +321,8 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
     identity_file.unlink()
 
     summary = Table(
-        title=f"LUT {space.name}: {len(layers)} layers, validated on {len(valid)} random archs",
+        title=f"LUT {space.name}: {len(layers)} layers, "
+        f"validated on {cfg.cost.validate} random archs",
         title_justify="left",
     )
     summary.add_column("correction")
@@ -337,9 +337,9 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         )  # fmt: skip
     console.print(summary)
     console.print(
-        f"±10%/±5%: share of the {len(valid)} validation archs predicted that close to their "
-        f"measured median; the correction is chosen by leave-one-out error on the "
-        f"{len(calib)} calibration archs"
+        f"±10%/±5%: share of the {cfg.cost.validate} validation archs predicted that close to "
+        f"their measured median; the correction is chosen by leave-one-out error on the "
+        f"{cfg.cost.calibrate} calibration archs"
     )
     if alone is not None:
         console.print(
