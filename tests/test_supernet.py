@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from nascli.nn.supernet import KernelSwitch, Sample, Supernet, Trace
+from nascli.nn.supernet import KernelSwitch, Sample, Supernet, SupernetInit, Trace
 from nascli.space.network import NetworkSettings
 from nascli.space.references import references_in
 from nascli.space.schema import OP, Block, InvertedBottleneck, OneOf, Residual, Zero
@@ -125,3 +125,57 @@ def test_op_warmup_mixes_branches_with_uniform_weights():
         switch(y, y.shape[1], Sample([k, 0, 0, 0, 0], [False] * 5), Trace()) for k in range(3)
     ]
     torch.testing.assert_close(mixed, sum(single) / 3)
+
+
+SAME_START = SupernetInit(zero_residual=True, tied_kernels=True, zero_se=True)
+
+
+def _same_start_variants(space: SearchSpace, base: list[int]) -> list[tuple[str, list[int]]]:
+    """`base` with one kernel, skip or SE decision changed: the decisions the same start
+    makes irrelevant at initialisation (expansion and widths still change the function)."""
+    variants = []
+    for d in space.decisions:
+        if d.num_choices > 1 and d.path.rsplit(".", 1)[1] in ("kernel", "op", "se"):
+            other = list(base)
+            other[d.position] = (base[d.position] + 1) % d.num_choices
+            variants.append((d.path, other))
+    return variants
+
+
+@pytest.mark.parametrize("space", SPACE_NAMES)
+def test_with_the_same_start_kernel_skip_and_se_choices_start_as_one_function(space, monkeypatch):
+    """The classic failure of weight sharing at small scale (README, "Why the supernet did not
+    learn"): every kernel size, skip and SE option starting as an unrelated random function.
+    With `SupernetInit` on, they start as the same one; with TuNAS's init they do not. (SE's ½
+    gate is normalised away by the project BN up to BN's ε, which the test sets near 0: on
+    1×1 feature maps of 8 images some channels' variance is itself near ε.)"""
+    monkeypatch.setattr("nascli.nn.supernet.BN_EPSILON", 1e-12)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    base = list(random_archs(space, 1, seed=7)[0])
+    torch.manual_seed(0)
+    tied = Supernet(SPACES[space], SETTINGS, SAME_START)
+    torch.manual_seed(0)
+    plain = Supernet(SPACES[space], SETTINGS)
+    for net in (tied, plain):
+        nn.init.normal_(net.classifier.weight)  # large logits: differences show
+    with torch.no_grad():
+        reference, plain_reference = tied(x, Sample.of(base)), plain(x, Sample.of(base))
+        variants = _same_start_variants(SPACES[space], base)
+        assert len(variants) >= 20
+        differs = 0
+        for path, other in variants:
+            torch.testing.assert_close(tied(x, Sample.of(other)), reference, msg=path)
+            differs += not torch.allclose(plain(x, Sample.of(other)), plain_reference, atol=2e-2)
+        assert differs > len(variants) // 2, path
+
+
+def test_tied_kernels_keep_their_own_weights_and_the_smaller_kernel_at_the_centre():
+    torch.manual_seed(0)
+    net = Supernet(SPACES["proxylessnas"], SETTINGS, SupernetInit(tied_kernels=True))
+    switch = next(m for m in net.modules() if isinstance(m, KernelSwitch) and len(m.convs) == 3)
+    three, five, seven = (c.conv.weight for c in switch.convs)
+    assert five.data_ptr() != three.data_ptr() and seven.data_ptr() != five.data_ptr()
+    torch.testing.assert_close(five[..., 1:4, 1:4], three)
+    torch.testing.assert_close(seven[..., 2:5, 2:5], three)
+    assert float(five.abs().sum()) == pytest.approx(float(three.abs().sum()))
+    assert float(three.abs().sum()) > 0

@@ -119,7 +119,7 @@ def run_tunas(cfg: DictConfig) -> None:
         )
     data = load_data(cfg.data)
     torch.manual_seed(cfg.seed)
-    supernet = Supernet(space, net_settings)
+    supernet = Supernet(space, net_settings, settings.supernet_init)
     search = TunasSearch(
         supernet, cfg.train, settings, data, cost_model, target, ctx, seed=cfg.seed
     )

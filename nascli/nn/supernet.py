@@ -13,6 +13,14 @@ channels, which is the function of TuNAS's prefix masks at the child's cost:
 * under op warmup a choice node may be *mixed*: all its branches run and are averaged with
   weight 1/n (a skip node gives x + ½·layer(x)); filter warmup simply samples the largest width.
 
+How the shared weights start is a `SupernetInit` (nascli's addition, off in TuNAS's own
+settings): with every switch on, every child starts as the same function. A residual branch
+whose last BN has γ = 0 is an identity, so skipping it changes nothing at first; every kernel
+size starts as the smallest one zero-padded (with SAME padding the centres align), so the
+kernel choice does not change the function either; an SE whose expand conv starts at zero
+gates by a constant ½, which the project BN after it normalises away. Each option keeps its own
+weights and grows apart from that common start as training sees it.
+
 `active_decay` lists the kernel slices the last forward pass used, so weight decay reaches only
 the active slices and branches (§2, §11.11). `extract(indices)` returns the standalone model of
 `nascli build` carrying the supernet's weights.
@@ -51,6 +59,15 @@ _ACT = {
     "swish6": lambda x: F.hardswish(x, inplace=True),
     None: lambda x: x,
 }
+
+
+@dataclass(frozen=True)
+class SupernetInit:
+    """How the shared weights start. All False: TuNAS's initialisers (§0) for every weight."""
+
+    zero_residual: bool = False  # γ = 0 in the last BN of every residual (skippable) branch
+    tied_kernels: bool = False  # every kernel size starts as the smallest, zero-padded
+    zero_se: bool = False  # SE's expand conv (weight and bias) starts at 0: a constant ½ gate
 
 
 @dataclass
@@ -352,9 +369,12 @@ class _Builder:
 class Supernet(nn.Module):
     """All children of `space` at `settings`, sharing weights; forward(x, sample) runs one."""
 
-    def __init__(self, space: SearchSpace, settings: NetworkSettings):
+    def __init__(
+        self, space: SearchSpace, settings: NetworkSettings, init: SupernetInit | None = None
+    ):
         super().__init__()
         self.space, self.settings = space, settings
+        self.init = init or SupernetInit()
         builder = _Builder(space, settings)
         self.blocks = nn.ModuleList(builder.block(block) for block in space.blocks)
         if next(builder.positions, None) is not None:
@@ -369,6 +389,27 @@ class Supernet(nn.Module):
             elif isinstance(module, SuperSE):
                 _init_conv(module.reduce, False)
                 _init_conv(module.expand, False)
+        self._same_start(self.init)
+
+    @torch.no_grad()
+    def _same_start(self, init: SupernetInit) -> None:
+        for module in self.modules():
+            if init.zero_residual and isinstance(module, OpChoice) and module.residual:
+                for layer in module.layers:
+                    last = _last_bn(layer)
+                    if last is not None:
+                        last.weight.zero_()
+            elif init.tied_kernels and isinstance(module, KernelSwitch):
+                first = module.convs[0].conv.weight
+                k = first.shape[-1]
+                for conv in module.convs[1:]:
+                    weight = conv.conv.weight
+                    offset = (weight.shape[-1] - k) // 2
+                    weight.zero_()
+                    weight[..., offset : offset + k, offset : offset + k] = first
+            elif init.zero_se and isinstance(module, SuperSE):
+                module.expand.zero_()
+                module.expand_bias.zero_()
 
     def forward(self, x: torch.Tensor, sample: Sample) -> torch.Tensor:
         self.trace = trace = Trace()
@@ -399,6 +440,15 @@ class Supernet(nn.Module):
         classifier.weight.copy_(self.classifier.weight[:, : classifier.in_features])
         classifier.bias.copy_(self.classifier.bias)
         return model
+
+
+def _last_bn(layer: nn.Module) -> SuperBN | None:
+    """The BN that ends a residual branch's layer (its output before the sum)."""
+    if isinstance(layer, SuperIBN):
+        return layer.project.bn
+    if isinstance(layer, SuperSepConv):
+        return layer.pointwise.bn
+    return None
 
 
 def _init_conv(weight: torch.Tensor, depthwise: bool) -> None:

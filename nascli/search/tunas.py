@@ -21,7 +21,7 @@ from nascli.cost.models import CostModel
 from nascli.data.augment import keyed_generator
 from nascli.data.source import DataSource
 from nascli.errors import NascliError
-from nascli.nn.supernet import Sample, Supernet
+from nascli.nn.supernet import Sample, Supernet, SupernetInit
 from nascli.search.policy import CategoricalPolicy, PolicyAdam, apply_warmup
 from nascli.search.rewards import (
     REWARDS,
@@ -62,6 +62,10 @@ class TunasSettings:
     archs_per_rank: int = 1
     log_every: int = 1
     checkpoint_every: int = 50
+    # How the shared weights start (nascli's addition, see nn/supernet.py; TuNAS: all false).
+    zero_init_residual: bool = False
+    tied_kernels: bool = False
+    zero_init_se: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any) -> TunasSettings:
@@ -89,6 +93,10 @@ class TunasSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def supernet_init(self) -> SupernetInit:
+        return SupernetInit(self.zero_init_residual, self.tied_kernels, self.zero_init_se)
 
 
 @dataclass
@@ -224,24 +232,34 @@ class TunasSearch:
         indices = self.policy.sample(self.archs, generator)
         return apply_warmup(self.policy, indices, p_op, p_filter, generator)
 
-    def train_step(self) -> StepRecord:
-        s, t, S = self.settings, self.step, self.total_steps
-        lr = learning_rate(t, S, self.peak_lr, self.warmup_steps, self.train_cfg.schedule)
+    def learning_rate(self, t: int) -> float:
+        return learning_rate(
+            t, self.total_steps, self.peak_lr, self.warmup_steps, self.train_cfg.schedule
+        )
+
+    def warmups(self, t: int) -> tuple[float, float]:
+        """(p_op, p_filter) at step t (§5)."""
+        s, S = self.settings, self.total_steps
+        return warmup_probability(t, S, s.op_warmup_fraction), warmup_probability(
+            t, S, s.filter_warmup_fraction
+        )
+
+    def local_samples(self, indices: torch.Tensor, mixed: torch.Tensor) -> dict[int, Sample]:
+        per = self.settings.archs_per_rank
+        mine = range(self.ctx.rank * per, (self.ctx.rank + 1) * per)
+        return {k: Sample(indices[k].tolist(), mixed[k].tolist()) for k in mine}
+
+    def update_weights(self, t: int, samples: dict[int, Sample]) -> torch.Tensor:
+        """One shared-weight step on stream step t's train batch: each local architecture on
+        its slice; the gradient is the mean over all K architectures of
+        CE + (wd/2)·Σ(active kernels)². Returns this rank's summed loss."""
+        lr = self.learning_rate(t)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        policy_lr = policy_learning_rate(t, S, self.policy_base_lr, s.rl_delay_fraction)
-        p_op = warmup_probability(t, S, s.op_warmup_fraction)
-        p_filter = warmup_probability(t, S, s.filter_warmup_fraction)
-        indices, mixed, replaced = self.sample(t, p_op, p_filter)
-        mine = range(self.ctx.rank * s.archs_per_rank, (self.ctx.rank + 1) * s.archs_per_rank)
-        samples = {k: Sample(indices[k].tolist(), mixed[k].tolist()) for k in mine}
-
-        # 1. Shared weights: each local architecture on its slice of the train batch; the
-        # gradient is the mean over all K architectures of CE + (wd/2)·Σ(active kernels)².
         images, labels = self.train_batches.get(t)
         self.net.train()
         loss_sum = torch.zeros((), device=self.ctx.device)
-        for j, k in enumerate(mine):
+        for j, k in enumerate(samples):
             part = slice(j * self.per_arch, (j + 1) * self.per_arch)
             logits = self.net(images[part], samples[k])
             loss = F.cross_entropy(
@@ -258,6 +276,19 @@ class TunasSearch:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.train_cfg.grad_clip_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum
+
+    def train_step(self) -> StepRecord:
+        s, t, S = self.settings, self.step, self.total_steps
+        lr = self.learning_rate(t)
+        policy_lr = policy_learning_rate(t, S, self.policy_base_lr, s.rl_delay_fraction)
+        p_op, p_filter = self.warmups(t)
+        indices, mixed, replaced = self.sample(t, p_op, p_filter)
+        samples = self.local_samples(indices, mixed)
+        mine = list(samples)
+
+        # 1. Shared weights.
+        loss_sum = self.update_weights(t, samples)
 
         # 2. Rewards on the held-out valid batch, batch statistics in BN (§11.2).
         valid_images, valid_labels = self.valid_batches.get(t)

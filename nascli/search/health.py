@@ -1,0 +1,107 @@
+"""Weight-sharing health: does the supernet score children as training them alone would?
+
+A one-shot search is only as good as its accuracy signal. These pieces measure it the way
+`scripts/bench_supernet.py` and the tests do: train the shared weights as the search does while
+the policy is still uniform (children drawn independently per decision, the search's op and
+filter warmups, no rewards), then score fixed children through the supernet (BN on batch
+statistics, as in the reward pass) and compare with the same children trained standalone on the
+same number of images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from rich.console import Console
+
+from nascli.cost.models import CostModel
+from nascli.data.source import DataSource
+from nascli.nn.builder import build_model
+from nascli.nn.supernet import Sample, Supernet
+from nascli.search.tunas import TunasSearch
+from nascli.space.arch import sample_indices
+from nascli.space.network import NetworkSettings, decode
+from nascli.space.spaces import SearchSpace
+from nascli.train.distributed import Context
+from nascli.train.engine import Trainer
+
+
+def train_shared_uniform(
+    search: TunasSearch,
+    steps: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train `search`'s shared weights for `steps` (default: its whole schedule) with uniform
+    children and its warmups; the policy is never updated. Returns each step's mean loss."""
+    losses = []
+    for t in range(search.total_steps if steps is None else steps):
+        p_op, p_filter = search.warmups(t)
+        indices, mixed, _ = search.sample(t, p_op, p_filter)
+        loss = search.update_weights(t, search.local_samples(indices, mixed))
+        losses.append(float(search.ctx.all_reduce(loss.reshape(1)).item()) / search.archs)
+        if on_step is not None:
+            on_step(t, losses[-1])
+    return losses
+
+
+@torch.no_grad()
+def supernet_top1(
+    net: Supernet, indices: Sequence[int], data: DataSource, split: str = "valid", batch: int = 250
+) -> float:
+    """Top-1 of one child through the supernet on `split` in fixed shuffled batches of `batch`
+    (the remainder is left out); BN normalises each batch with its own statistics, as in
+    TuNAS's reward pass (§2). Shuffled: the stored splits are sorted by class."""
+    was_training = net.training
+    net.eval()  # dropout off; the supernet's BN uses batch statistics in every mode
+    sample = Sample.of(indices)
+    correct = count = 0
+    for images, labels in data.batches(split, 0, 0, 0, batch, augment=False):
+        correct += int((net(images, sample).argmax(1) == labels).sum())
+        count += len(labels)
+    net.train(was_training)
+    return correct / max(count, 1)
+
+
+def standalone_top1(
+    space: SearchSpace,
+    indices: Sequence[int],
+    settings: NetworkSettings,
+    train_cfg,
+    data: DataSource,
+    seed: int,
+    device: str = "cpu",
+) -> float:
+    """Valid top-1 of the child trained alone from scratch with the recipe `train_cfg`."""
+    torch.manual_seed(seed)
+    model = build_model(decode(space, tuple(int(i) for i in indices), settings))
+    ctx = Context(0, 1, torch.device(device))
+    trainer = Trainer(
+        model, train_cfg, data, ctx, seed=seed, run_dir=None, fingerprint={},
+        console=Console(quiet=True),
+    )  # fmt: skip
+    trainer.fit()
+    return trainer.evaluate("valid").top1
+
+
+def spread_over_cost(
+    space: SearchSpace, cost_model: CostModel, num: int, seed: int, pool: int = 4000
+) -> list[tuple[int, ...]]:
+    """`num` uniformly drawn architectures at evenly spaced quantiles of the cost, from the
+    cheapest to the dearest of a pool: children that differ in what a search must tell apart."""
+    generator = torch.Generator().manual_seed(seed)
+    drawn = sample_indices(space, pool, generator)
+    order = cost_model(drawn).argsort()
+    picks = torch.linspace(0, pool - 1, num).round().long()
+    return [tuple(int(i) for i in drawn[order[p]]) for p in picks]
+
+
+@dataclass
+class ChildScore:
+    """One architecture's accuracy through the supernet and alone."""
+
+    indices: tuple[int, ...]
+    cost: float
+    supernet_top1: float
+    standalone_top1: float | None = None
