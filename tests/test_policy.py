@@ -246,3 +246,43 @@ def test_abs_reward_lands_the_argmax_cost_near_each_target(target):
     policy = reinforce(space, reward_fn, steps=600, archs=8, lr=0.05)
     found = float(cost(policy.argmax().unsqueeze(0))[0])
     assert abs(found / target - 1) <= 0.05, found
+
+
+def test_likeliest_in_window_is_the_argmax_when_it_fits_and_else_the_likeliest_fit():
+    from omegaconf import OmegaConf
+
+    from nascli.config import CostConfig
+    from nascli.cost.models import make_cost_model
+    from nascli.search.tunas import likeliest_within
+    from nascli.space.network import NetworkSettings
+
+    space = SPACES["proxylessnas"]
+    settings = NetworkSettings(resolution=32, num_classes=10, in_channels=1)
+    cost_cfg = OmegaConf.merge(OmegaConf.structured(CostConfig), {"name": "tunas_pixel1"})
+    cost_model = make_cost_model(cost_cfg, space, settings)
+    policy = CategoricalPolicy(space)
+    generator = torch.Generator().manual_seed(3)
+    policy.logits.copy_(torch.randn(policy.logits.shape, generator=generator, dtype=torch.float64))
+    argmax = policy.argmax()
+    argmax_cost = float(cost_model(argmax[None])[0])
+    # The argmax fits a window around its own cost: it is the likeliest of all.
+    found = likeliest_within(policy, cost_model, argmax_cost, 0.03, seed=0)
+    assert torch.equal(found, argmax)
+    # A target the argmax misses by ~20%: the result fits, and no uniform draw that fits the
+    # window is likelier under the policy.
+    target = argmax_cost * 1.2
+    found = likeliest_within(policy, cost_model, target, 0.03, seed=0)
+    assert abs(float(cost_model(found[None])[0]) / target - 1) <= 0.03
+    assert not torch.equal(found, argmax)
+    logp = policy.log_probs()
+
+    def likelihood(indices):
+        indices = torch.where(policy.active(indices), indices, argmax)
+        return logp.gather(1, indices.T).T.sum(dim=1)
+
+    draws = policy.sample(20000, torch.Generator().manual_seed(9))
+    fits = (cost_model(draws).double() / target - 1).abs() <= 0.03
+    assert fits.sum() > 10
+    assert float(likelihood(found[None])[0]) >= float(likelihood(draws[fits]).max())
+    # Nothing of the policy near an impossible target.
+    assert likeliest_within(policy, cost_model, 1.0, 0.03, seed=0) is None

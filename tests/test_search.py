@@ -110,6 +110,13 @@ def test_a_search_run_writes_its_outputs_and_build_takes_the_run_dir(run_cli, tm
     assert (out / "plots" / "search_curves.png").stat().st_size > 0
     assert (out / "plots" / "policy_heatmap.png").stat().st_size > 0
     assert (out / "last.pt").exists()
+    # How much to trust it: the reward accuracy against chance, and the policy's entropy.
+    assert summary["chance_top1"] == 0.25  # TINY: 4 classes
+    last = max(1, round(0.1 * len(log)))
+    assert summary["reward_top1_final"] == pytest.approx(log["quality"].iloc[-last:].mean())
+    assert summary["accuracy_signal"] == (summary["reward_top1_final"] >= 0.5)
+    assert summary["entropy_first"] == pytest.approx(log["entropy"].iloc[0])
+    assert ("chosen by its cost alone" in result.output) != summary["accuracy_signal"]
 
     # Rerunning the finished search only re-reports, from the checkpoint.
     again = run_cli("search", *TINY, "strategy.log_every=2", f"out={out}")

@@ -31,6 +31,7 @@ from nascli.jobs.build import arch_record
 from nascli.nn.supernet import Supernet
 from nascli.report import plots
 from nascli.report.tables import human
+from nascli.search.health import accuracy_signal
 from nascli.search.tunas import (
     StepRecord,
     TunasSearch,
@@ -211,7 +212,9 @@ def finish(
 ) -> None:
     """arch.json, summary.json, plots and the final report of a finished search."""
     space = search.space
-    arch = Architecture(space.name, tuple(search.final_indices()))
+    chosen, selection = search.result_indices()
+    arch = Architecture(space.name, tuple(chosen))
+    argmax = search.final_indices()
     network = decode(space, arch.indices, search.net.settings)
     cost = network_cost(network)
     value = search.cost_model.cost(arch.indices)
@@ -235,6 +238,17 @@ def finish(
         "world_size": search.ctx.world,
         "replica_checksums": replicas,
         "final_valid_quality": rows[-1]["quality"] if rows else None,
+        "selection": selection,
+        "argmax_indices": ":".join(map(str, argmax)),
+        "argmax_cost": search.cost_model.cost(tuple(argmax)),
+    }
+    signal = accuracy_signal([row["quality"] for row in rows], search.net.settings.num_classes)
+    summary |= {
+        "chance_top1": signal.chance,
+        "reward_top1_final": signal.final,
+        "accuracy_signal": signal.clear,
+        "entropy_first": rows[0]["entropy"] if rows else None,
+        "entropy_final": rows[-1]["entropy"] if rows else None,
     }
     if not search.ctx.is_main:
         return
@@ -244,13 +258,29 @@ def finish(
     write_json(out / "summary.json", summary)
     log = pd.DataFrame(rows)
     (out / "plots").mkdir(exist_ok=True)
-    plots.search_curves(out / "plots" / "search_curves.png", log, target, units)
+    plots.search_curves(out / "plots" / "search_curves.png", log, target, units, signal.chance)
     plots.probability_heatmap(out / "plots" / "policy_heatmap.png", log)
 
     table = result_table(arch, space.title, cost, search.cost_model.name, value, units, target)
+    if selection != "argmax":
+        table.add_row(
+            "chosen as",
+            f"{selection} (the policy's argmax costs {summary['argmax_cost']:.4g} {units})",
+        )
     table.add_row("steps · images", f"{search.step:,} · {summary['images']:,}")
     table.add_row("search time", f"{seconds:.0f} s")
+    table.add_row(
+        "reward accuracy (supernet)",
+        f"{signal.final:.1%} at the end (chance {signal.chance:.0%})",
+    )
+    if summary["entropy_final"] is not None:
+        table.add_row(
+            "policy entropy", f"{summary['entropy_first']:.1f} → {summary['entropy_final']:.1f}"
+        )
     console.print(table)
+    warning = signal.warning()
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     console.print(
         f"wrote {out}/arch.json, summary.json, search_log.csv, plots/; next: "
         f"`nascli retrain arch={out}`",

@@ -27,15 +27,24 @@ def save(fig: Any, path: Path, dpi: int = 120) -> None:
     pyplot().close(fig)
 
 
-def search_curves(path: Path, log: pd.DataFrame, target: float | None, units: str) -> None:
-    """Reward, baseline and valid accuracy, and cost with its target, against the step."""
+def search_curves(
+    path: Path, log: pd.DataFrame, target: float | None, units: str, chance: float | None = None
+) -> None:
+    """Reward, baseline and valid accuracy against chance; the policy's entropy; and cost with
+    its target, against the step."""
     plt = pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    fig, (top, middle, bottom) = plt.subplots(
+        3, 1, figsize=(7, 8), sharex=True, height_ratios=(3, 1.4, 3)
+    )
     top.plot(log["step"], log["reward"], lw=0.6, alpha=0.6, label="reward (mean of step)")
     top.plot(log["step"], log["baseline"], lw=1.2, label="baseline")
-    top.plot(log["step"], log["quality"], lw=0.6, alpha=0.6, label="valid top-1")
+    top.plot(log["step"], log["quality"], lw=0.6, alpha=0.6, label="valid top-1 (supernet)")
+    if chance is not None:
+        top.axhline(chance, color="0.4", ls=":", lw=0.9, label=f"chance ({chance:.0%})")
     top.set_ylabel("reward / accuracy")
     top.legend(fontsize=8)
+    middle.plot(log["step"], log["entropy"], lw=1.0, color="tab:purple")
+    middle.set_ylabel("entropy (nats)")
     bottom.plot(log["step"], log["cost"], lw=0.6, alpha=0.6, label="sampled")
     bottom.plot(log["step"], log["argmax_cost"], lw=1.2, label="argmax of policy")
     if target is not None:

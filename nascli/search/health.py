@@ -105,3 +105,40 @@ class ChildScore:
     cost: float
     supernet_top1: float
     standalone_top1: float | None = None
+
+
+#: The reward accuracy counts as a signal once it covers a third of the way from chance to 100%.
+CLEAR_FRACTION = 1 / 3
+
+
+@dataclass(frozen=True)
+class AccuracySignal:
+    """How far a search's reward accuracy (the supernet's valid top-1 on the reward batches)
+    rose above chance by the end of the run."""
+
+    chance: float
+    final: float  # mean over the last tenth of the logged steps
+    threshold: float
+
+    @property
+    def clear(self) -> bool:
+        return self.final >= self.threshold
+
+    def warning(self) -> str | None:
+        """None when the signal is clear; else one line for the user."""
+        if self.clear:
+            return None
+        return (
+            f"the supernet's reward accuracy ended at {self.final:.1%} (chance {self.chance:.1%}"
+            f", clear from {self.threshold:.1%}): it never told architectures apart, so this "
+            "result was chosen by its cost alone. Train the shared weights longer "
+            "(train.epochs=...), with a larger recipe, or check the supernet's start "
+            "(strategy.zero_init_residual / tied_kernels / zero_init_se)"
+        )
+
+
+def accuracy_signal(qualities: Sequence[float], num_classes: int) -> AccuracySignal:
+    chance = 1.0 / num_classes
+    last = max(1, round(0.1 * len(qualities)))
+    final = sum(qualities[-last:]) / last if qualities else chance
+    return AccuracySignal(chance, final, chance + CLEAR_FRACTION * (1 - chance))

@@ -11,6 +11,7 @@ all-gather of rewards per step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -66,6 +67,10 @@ class TunasSettings:
     zero_init_residual: bool = False
     tied_kernels: bool = False
     zero_init_se: bool = False
+    # The result: argmax of every decision (TuNAS §8) | likeliest_in_window: the likeliest
+    # architecture under the final policy whose cost is within target·(1 ± final_window).
+    final_selection: str = "argmax"
+    final_window: float = 0.03
 
     @classmethod
     def from_config(cls, cfg: Any) -> TunasSettings:
@@ -90,6 +95,15 @@ class TunasSettings:
             raise NascliError("strategy.archs_per_rank and rl_batch_size_multiplier must be > 0")
         if self.policy_second_moment not in ("per_arch", "mean"):
             raise NascliError("strategy.policy_second_moment: choose per_arch or mean")
+        if self.final_selection not in FINAL_SELECTIONS:
+            raise NascliError(
+                f"strategy.final_selection={self.final_selection!r}: choose "
+                + " or ".join(FINAL_SELECTIONS)
+            )
+        if not 0 < self.final_window < 1:
+            raise NascliError(
+                f"strategy.final_window={self.final_window}: a fraction of the target in (0, 1)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -300,19 +314,10 @@ class TunasSearch:
                 correct[j] = (predicted == valid_labels[part]).float().mean()
         quality = torch.cat(self.ctx.all_gather(correct)).double().cpu()
         train_loss = float(self.ctx.all_reduce(loss_sum.reshape(1)).item()) / self.archs
-        cost = self.cost_model(indices.cpu()).double()
-        rewards = reward(quality, cost, self.target, s.reward, s.cost_exponent)
-
-        # 3. Baseline (updated first, §11.6), advantages, policy step (Adam moments update even
-        # while the RL delay keeps lr at 0).
-        baseline = self.baseline.update(float(rewards.mean()))
-        advantages = rewards - baseline
-        counted = self.policy.active(indices) & ~replaced
-        grads = self.policy.loss_gradients(
-            indices, advantages.to(self.ctx.device), counted, s.entropy_coefficient
+        # 3. Baseline, advantages, policy step.
+        cost, rewards, baseline, advantages, entropy = self.policy_step(
+            policy_lr, indices, replaced, quality
         )
-        self.policy_adam.step(self.policy.logits, grads, policy_lr)
-        entropy = float(self.policy.entropy(indices).mean())
         self.step += 1
         return StepRecord(
             step=t,
@@ -329,6 +334,25 @@ class TunasSearch:
             entropy=entropy,
             indices=indices.tolist(),
         )
+
+    def policy_step(
+        self, policy_lr: float, indices: torch.Tensor, replaced: torch.Tensor, quality
+    ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor, float]:  # fmt: skip
+        """Rewards from the step's qualities and costs, the baseline (updated first, §11.6),
+        advantages and one policy step (Adam moments update even while the RL delay keeps lr
+        at 0). Returns (cost, rewards, baseline, advantages, mean entropy)."""
+        s = self.settings
+        cost = self.cost_model(indices.cpu()).double()
+        rewards = reward(quality, cost, self.target, s.reward, s.cost_exponent)
+        baseline = self.baseline.update(float(rewards.mean()))
+        advantages = rewards - baseline
+        counted = self.policy.active(indices) & ~replaced
+        grads = self.policy.loss_gradients(
+            indices, advantages.to(self.ctx.device), counted, s.entropy_coefficient
+        )
+        self.policy_adam.step(self.policy.logits, grads, policy_lr)
+        entropy = float(self.policy.entropy(indices).mean())
+        return cost, rewards, baseline, advantages, entropy
 
     def _average_gradients(self) -> None:
         """Sum gradients over ranks. A parameter no rank used keeps no gradient, so the
@@ -352,6 +376,53 @@ class TunasSearch:
     def final_indices(self) -> list[int]:
         """The argmax of every decision's logits (§8, §9)."""
         return self.policy.argmax().tolist()
+
+    def result_indices(self) -> tuple[list[int], str]:
+        """The search's answer and how it was chosen: `argmax`, `likeliest_in_window`, or
+        `argmax (none in window)` when no candidate of the policy lies within the window."""
+        s = self.settings
+        if s.final_selection == "argmax" or self.target is None or s.reward == "quality":
+            return self.final_indices(), "argmax"
+        found = likeliest_within(
+            self.policy, self.cost_model, self.target, s.final_window, self.seed
+        )
+        if found is None:
+            return self.final_indices(), "argmax (none in window)"
+        return found.tolist(), "likeliest_in_window"
+
+
+FINAL_SELECTIONS = ("argmax", "likeliest_in_window")
+
+
+def likeliest_within(
+    policy: CategoricalPolicy,
+    cost_model: CostModel,
+    target: float,
+    window: float,
+    seed: int,
+    draws: int = 4000,
+) -> torch.Tensor | None:
+    """The likeliest architecture under `policy` whose cost lies within target·(1 ± window),
+    among its argmax and `draws` samples at each of the temperatures 1, ½ and ¼ (sharper
+    draws lie nearer the mode); None if none does. Likelihood is the product over every
+    decision, with the decisions inside skipped layers set to their argmax first (they change
+    neither the network nor its cost)."""
+    generator = torch.Generator().manual_seed(seed)
+    log_probs = policy.log_probs().float().cpu()
+    argmax = policy.argmax().cpu()
+    candidates = [argmax[None]]
+    for temperature in (1.0, 0.5, 0.25):
+        probs = (log_probs / temperature).softmax(dim=1)
+        drawn = torch.multinomial(probs.repeat(draws, 1), 1, True, generator=generator)
+        candidates.append(drawn.view(draws, -1))
+    indices = torch.cat(candidates).to(policy.logits.device)
+    indices = torch.where(policy.active(indices), indices, policy.argmax())
+    cost = cost_model(indices.cpu()).double()
+    inside = ((cost / target - 1).abs() <= window).to(indices.device)
+    if not bool(inside.any()):
+        return None
+    likelihood = policy.log_probs().gather(1, indices.T).T.sum(dim=1)
+    return indices[likelihood.masked_fill(~inside, -math.inf).argmax()]
 
 
 def default_target(cost_name: str, space_name: str, target: float | None) -> float | None:
