@@ -11,7 +11,8 @@ def write_run(path, summary):
     return path
 
 
-def test_compare_table_and_plot(run_cli, tmp_path):
+def test_compare_table_and_plot(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # one table line per run
     common = {"space": "proxylessnas", "params": 1_000_000, "macs": 20_000_000}
     tunas = write_run(tmp_path / "tunas", {
         **common, "strategy": "tunas", "indices": "1:2", "cost": 82.5, "cost_units": "ms",
@@ -32,6 +33,15 @@ def test_compare_table_and_plot(run_cli, tmp_path):
     rows = [read_run(p) for p in (tunas, random, retrain)]
     assert [r["strategy"] for r in rows] == ["tunas", "random", "retrain"]
     assert rows[0]["valid_top1"] is None  # a supernet's reward accuracy is not comparable
+    assert rows[0]["supernet_top1"] == 0.3 and rows[1]["supernet_top1"] is None
+    assert "supernet reward top1" in result.output
+    tunas2 = write_run(tmp_path / "tunas2", {
+        **common, "strategy": "tunas", "indices": "1:2", "cost": 82.5, "cost_units": "ms",
+        "reward_top1_final": 0.91, "chance_top1": 0.1, "final_valid_quality": 0.9,
+    })  # fmt: skip
+    assert read_run(tunas2)["supernet_top1"] == 0.91
+    result = run_cli("compare", str(tunas2))
+    assert "91.00% (chance 10%)" in result.output
     assert rows[1]["valid_top1"] == 0.81 and rows[2]["test_top1"] == 0.955
 
 

@@ -44,6 +44,10 @@ def read_run(path: Path) -> dict[str, Any]:
         "params": summary.get("params"),
         "macs": summary.get("macs"),
         "valid_top1": valid,
+        # TuNAS: the supernet's accuracy on the reward batches at the end (not a trained
+        # network's), beside chance.
+        "supernet_top1": summary.get("reward_top1_final", summary.get("final_valid_quality")),
+        "chance_top1": summary.get("chance_top1"),
         "test_top1": summary.get("test_top1"),
         "seconds": seconds,
         "images": images,
@@ -73,6 +77,13 @@ def _fmt(value: Any, kind: str = "") -> str:
     return f"{value:.4g}"
 
 
+def _supernet(row: dict[str, Any]) -> str:
+    if row["supernet_top1"] is None:
+        return "–"
+    chance = row["chance_top1"]
+    return _fmt(row["supernet_top1"], "%") + (f" (chance {chance:.0%})" if chance else "")
+
+
 def compare(runs: list[Path], plot: Path | None, console: Console) -> list[dict[str, Any]]:
     rows = [read_run(path) for path in runs]
     # A retrain of a searched architecture inherits that search's cost for the plot.
@@ -84,7 +95,7 @@ def compare(runs: list[Path], plot: Path | None, console: Console) -> list[dict[
             row["target"] = source["target"]
     table = Table(title="runs", title_justify="left")
     columns = ("run", "strategy", "space", "target", "cost", "params", "MACs", "valid top1",
-               "test top1", "time", "images")  # fmt: skip
+               "supernet reward top1", "test top1", "time", "images")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "run" else "right")
     for r in rows:
@@ -92,7 +103,8 @@ def compare(runs: list[Path], plot: Path | None, console: Console) -> list[dict[
         table.add_row(
             Path(r["run"]).name or r["run"], r["strategy"], r["space"] or "–",
             _fmt(r["target"]), _fmt(r["cost"]) + units, _fmt(r["params"], "human"),
-            _fmt(r["macs"], "human"), _fmt(r["valid_top1"], "%"), _fmt(r["test_top1"], "%"),
+            _fmt(r["macs"], "human"), _fmt(r["valid_top1"], "%"), _supernet(r),
+            _fmt(r["test_top1"], "%"),
             _fmt(r["seconds"], "s"), _fmt(r["images"], "int"),
         )  # fmt: skip
     console.print(table)
