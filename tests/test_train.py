@@ -274,3 +274,28 @@ def test_bf16_autocast_trains_with_float32_weights(digits, tmp_path):
 def test_unknown_amp_mode_is_refused(digits):
     with pytest.raises(NascliError, match=r"train\.amp"):
         tiny_trainer(digits, None, train_config(amp="fp8"))
+
+
+def test_without_a_terminal_progress_prints_a_plain_line_every_tenth():
+    import io
+
+    from rich.console import Console
+    from rich.progress import TextColumn
+
+    from nascli.train.engine import LoggedProgress, progress_bar
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=60)
+    # Only the tenths count here (every=1e9 s): nothing depends on how fast this runs.
+    with LoggedProgress(TextColumn("{task.description}"), console=console, every=1e9) as p:
+        task = p.add_task("search", total=230, status="")
+        for step in range(1, 231):
+            p.update(task, completed=step, status=f"loss {2.3 - step / 100:.2f}")
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("search ")]
+    assert len(lines) == 10, lines
+    assert lines[0].startswith("search 23/230 (10%) · elapsed ") and "· ETA " in lines[0]
+    assert lines[-1].startswith("search 230/230 (100%)") and lines[-1].endswith("loss 0.00")
+    assert all("\n" not in line and len(line) > 60 for line in lines)  # never wrapped
+    # On a terminal the bar draws instead; a disabled bar (other ranks) prints nothing.
+    assert not progress_bar(Console(file=io.StringIO(), force_terminal=True)).plain
+    assert not progress_bar(console, enabled=False).plain

@@ -115,10 +115,57 @@ def exit_interrupted(console: Console, signum: int, where: str, out: Path) -> No
     sys.exit(128 + signum)
 
 
+class LoggedProgress(Progress):
+    """rich's live bar on a terminal. Elsewhere (a log file, `nohup`, SLURM, CI, `tee`), where
+    the bar never draws, one plain line per task every tenth of its total or `every` seconds,
+    whichever comes first, and at its end: count, elapsed, ETA and the status field."""
+
+    def __init__(self, *columns: Any, every: float = 30.0, **kwargs: Any):
+        super().__init__(*columns, **kwargs)
+        self.plain = not self.console.is_terminal and not kwargs.get("disable", False)
+        self.every = every
+        self._printed: dict[Any, tuple[float, int]] = {}
+
+    def update(self, task_id: Any, **kwargs: Any) -> None:
+        super().update(task_id, **kwargs)
+        if self.plain:
+            self._maybe_print(task_id)
+
+    def _maybe_print(self, task_id: Any) -> None:
+        task = self._tasks[task_id]
+        if not task.total:
+            return
+        now = time.monotonic()
+        tenth = int(10 * task.completed / task.total)
+        last_time, last_tenth = self._printed.get(task_id, (now, 0))
+        if tenth == last_tenth and now - last_time < self.every and task.completed < task.total:
+            return
+        if task.completed >= task.total and last_tenth > 10:
+            return  # the end is printed once
+        self._printed[task_id] = (now, tenth if task.completed < task.total else 11)
+        remaining = task.time_remaining
+        eta = "?" if remaining is None else _clock(remaining)
+        status = task.fields.get("status", "")
+        self.console.print(
+            f"{task.description} {int(task.completed)}/{int(task.total)} "
+            f"({task.completed / task.total:.0%}) · elapsed {_clock(task.elapsed or 0.0)} · "
+            f"ETA {eta}" + (f" · {status}" if status else ""),
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 def progress_bar(console: Console, enabled: bool = True) -> Progress:
     """Bar, count, elapsed, ETA and a status line; redrawn only when asked, so no thread
-    competes with the training step."""
-    return Progress(
+    competes with the training step. Without a terminal: plain lines (`LoggedProgress`)."""
+    return LoggedProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
