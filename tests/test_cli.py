@@ -37,6 +37,9 @@ def test_spaces_table_shows_sizes_and_references(run_cli):
     assert result.exit_code == 0
     for expected in ("73", "86", "58", "67", "21.33", "28.14", "42.93", "mnasnet_b1"):
         assert expected in result.output
+    # Not a terminal here (80 columns): names a user copies stay whole on one line.
+    assert "proxylessnas_mobile" in result.output and "mobilenet_v2" in result.output
+    assert "decisions" in result.output
 
 
 def test_cfg_job_prints_the_composed_config_with_an_override_of_every_group(run_cli):

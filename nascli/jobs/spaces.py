@@ -13,10 +13,10 @@ from nascli.space.spaces import SPACES
 def spaces_table() -> Table:
     table = Table(title="Search spaces (TuNAS)", header_style="bold")
     table.add_column("space", no_wrap=True)
-    table.add_column("decisions", justify="right")
+    table.add_column("decisions", justify="right", min_width=9)
     table.add_column("indices length", justify="right")
     table.add_column("log10 size", justify="right")
-    table.add_column("reference architectures", overflow="fold")
+    table.add_column("references", no_wrap=True)  # names a user copies: never split
     for space in SPACES.values():
         table.add_row(
             f"{space.name}\n[dim]{space.title}[/dim]",
@@ -33,4 +33,7 @@ def spaces_table() -> Table:
 
 
 def run(cfg: DictConfig) -> None:
-    Console().print(spaces_table())
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file: no 80-column default to wrap names into
+        console = Console(width=100)
+    console.print(spaces_table())
