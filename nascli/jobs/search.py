@@ -300,6 +300,8 @@ def result_table(
 ) -> Table:
     """The rows every strategy reports for its architecture (callers add their own)."""
     table = Table(title="searched architecture", title_justify="left", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # indices a user copies: folded whole, never cut short
     table.add_row("space", title)
     table.add_row("indices", arch.text)
     where = "" if not target else f" ({value / target - 1:+.1%} vs {relation} {target:g} {units})"

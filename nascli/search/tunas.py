@@ -388,6 +388,8 @@ class TunasSearch:
         )
         if found is None:
             return self.final_indices(), "argmax (none in window)"
+        if found.tolist() == self.final_indices():
+            return found.tolist(), "argmax"  # the likeliest of all is inside the window
         return found.tolist(), "likeliest_in_window"
 
 
