@@ -173,7 +173,7 @@ def test_tied_kernels_keep_their_own_weights_and_the_smaller_kernel_at_the_centr
     torch.manual_seed(0)
     net = Supernet(SPACES["proxylessnas"], SETTINGS, SupernetInit(tied_kernels=True))
     switch = next(m for m in net.modules() if isinstance(m, KernelSwitch) and len(m.convs) == 3)
-    three, five, seven = (c.conv.weight for c in switch.convs)
+    three, five, seven = (c.conv.weight.detach() for c in switch.convs)
     assert five.data_ptr() != three.data_ptr() and seven.data_ptr() != five.data_ptr()
     torch.testing.assert_close(five[..., 1:4, 1:4], three)
     torch.testing.assert_close(seven[..., 2:5, 2:5], three)
