@@ -108,6 +108,8 @@ def main() -> None:
     table = Table(title="weight-sharing health after the default search's training budget")
     for column in ("space", "variant", "final loss", "children: supernet", "alone", "ratio"):
         table.add_column(column)
+    for column in ("alone, running BN",):
+        table.add_column(column)
     for column in ("reference: supernet / alone", "Kendall τ (p)", "train s"):
         table.add_column(column)
 
@@ -122,9 +124,10 @@ def main() -> None:
         references = dict(references_in(space))
         archs = [*children, *references.values()]
         recipe = json.dumps(OmegaConf.to_container(cfg.train, resolve=True), sort_keys=True)
-        alone = {}
+        alone, running = {}, {}
         for number, indices in enumerate(archs):
             key = f"{space_name}|{format_indices(indices)}|{recipe}|{args.seed}|{net_settings}"
+            key += "|batch+running"
             if key not in cache:
                 tick = time.perf_counter()
                 cache[key] = standalone_top1(
@@ -133,10 +136,11 @@ def main() -> None:
                 args.cache.parent.mkdir(parents=True, exist_ok=True)
                 args.cache.write_text(json.dumps(cache, indent=1))
                 console.print(
-                    f"{space_name}: standalone {number + 1}/{len(archs)} {cache[key]:.1%} "
+                    f"{space_name}: standalone {number + 1}/{len(archs)} {cache[key][0]:.1%} "
+                    f"on batch statistics, {cache[key][1]:.1%} on running statistics "
                     f"({time.perf_counter() - tick:.0f} s)"
                 )
-            alone[indices] = cache[key]
+            alone[indices], running[indices] = cache[key]
 
         for variant in args.variants:
             cfg = compose_search([*base, *VARIANTS[variant]])
@@ -160,7 +164,8 @@ def main() -> None:
             )
             table.add_row(
                 space_name, variant, f"{first:.2f} → {last:.2f}", mean_std(sup), mean_std(sol),
-                f"{ratio:.1%}", refs or "–", f"{tau:+.2f} ({p:.2g})", f"{seconds:.0f}",
+                f"{ratio:.1%}", mean_std([running[a] for a in children]), refs or "–",
+                f"{tau:+.2f} ({p:.2g})", f"{seconds:.0f}",
             )  # fmt: skip
             results.append(
                 {

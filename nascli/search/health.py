@@ -47,21 +47,33 @@ def train_shared_uniform(
 
 
 @torch.no_grad()
+def batch_statistics_top1(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    data: DataSource,
+    split: str = "valid",
+    batch: int = 250,
+) -> float:
+    """Top-1 of `forward` on `split` in fixed shuffled batches of `batch` (the remainder is
+    left out). Shuffled: the stored splits are sorted by class, and BN normalises with each
+    batch's own statistics here."""
+    correct = count = 0
+    for images, labels in data.batches(split, 0, 0, 0, batch, augment=False):
+        correct += int((forward(images).argmax(1) == labels).sum())
+        count += len(labels)
+    return correct / max(count, 1)
+
+
 def supernet_top1(
     net: Supernet, indices: Sequence[int], data: DataSource, split: str = "valid", batch: int = 250
 ) -> float:
-    """Top-1 of one child through the supernet on `split` in fixed shuffled batches of `batch`
-    (the remainder is left out); BN normalises each batch with its own statistics, as in
-    TuNAS's reward pass (§2). Shuffled: the stored splits are sorted by class."""
+    """Top-1 of one child through the supernet, BN on batch statistics as in TuNAS's reward
+    pass (§2)."""
     was_training = net.training
     net.eval()  # dropout off; the supernet's BN uses batch statistics in every mode
     sample = Sample.of(indices)
-    correct = count = 0
-    for images, labels in data.batches(split, 0, 0, 0, batch, augment=False):
-        correct += int((net(images, sample).argmax(1) == labels).sum())
-        count += len(labels)
+    top1 = batch_statistics_top1(lambda x: net(x, sample), data, split, batch)
     net.train(was_training)
-    return correct / max(count, 1)
+    return top1
 
 
 def standalone_top1(
@@ -72,8 +84,12 @@ def standalone_top1(
     data: DataSource,
     seed: int,
     device: str = "cpu",
-) -> float:
-    """Valid top-1 of the child trained alone from scratch with the recipe `train_cfg`."""
+    batch: int = 250,
+) -> tuple[float, float]:
+    """Valid top-1 of the child trained alone from scratch with the recipe `train_cfg`: as
+    `supernet_top1` evaluates it through the supernet (BN on the statistics of the same
+    batches), and as a deployed model is evaluated (BN on its running statistics, which after
+    a few hundred steps at TF's momentum 0.99 still lag the weights)."""
     torch.manual_seed(seed)
     model = build_model(decode(space, tuple(int(i) for i in indices), settings))
     ctx = Context(0, 1, torch.device(device))
@@ -82,7 +98,12 @@ def standalone_top1(
         console=Console(quiet=True),
     )  # fmt: skip
     trainer.fit()
-    return trainer.evaluate("valid").top1
+    running = trainer.evaluate("valid").top1
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.train()  # batch statistics; dropout stays off
+    return batch_statistics_top1(model, data, "valid", batch), running
 
 
 def spread_over_cost(
