@@ -37,6 +37,7 @@ bench: setup  ## benchmarks whose numbers the README quotes
 	$(BIN)/python scripts/bench_latency.py --threads 1
 	$(BIN)/python scripts/bench_search.py
 	$(BIN)/python scripts/bench_zen.py
+	$(BIN)/python scripts/bench_supernet.py --threads 1
 
 clean:
 	rm -rf $(VENV) runs multirun .pytest_cache .ruff_cache

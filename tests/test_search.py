@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from nascli.config import CostConfig, DataConfig, TrainConfig
 from nascli.cost.models import make_cost_model
 from nascli.data import load_data
-from nascli.nn.supernet import Supernet
+from nascli.nn.supernet import Supernet, SupernetInit
 from nascli.search.tunas import TunasSearch, TunasSettings
 from nascli.space.network import NetworkSettings
 from nascli.space.spaces import SPACES
@@ -228,3 +228,23 @@ def test_sigterm_then_rerun_finishes_like_an_uninterrupted_search(tmp_path):
     first = json.loads((straight / "summary.json").read_text())
     second = json.loads((out / "summary.json").read_text())
     assert first["indices"] == second["indices"] and first["cost"] == second["cost"]
+
+
+def test_tunas_keeps_the_papers_settings_and_tunas_cpu_changes_only_its_documented_ones():
+    from hydra import compose, initialize_config_module
+
+    import nascli.config  # noqa: F401  (registers the config schema)
+
+    with initialize_config_module(config_module="nascli.conf", version_base=None):
+        paper = compose(config_name="search", overrides=["strategy=tunas"]).strategy
+        cpu = compose(config_name="search").strategy
+    paper, cpu = TunasSettings.from_config(paper), TunasSettings.from_config(cpu)
+    assert paper.supernet_init == SupernetInit()  # TuNAS's independent initialisers
+    assert (paper.cost_exponent, paper.final_selection, paper.archs_per_rank) == (-0.1, "argmax", 1)
+    assert paper.policy_lr is None and paper.policy_lr_per_256 == 0.0003
+    assert cpu.supernet_init == SupernetInit(True, True, True)
+    changed = {k for k, v in cpu.to_dict().items() if paper.to_dict()[k] != v}
+    assert changed == {
+        "archs_per_rank", "policy_lr", "cost_exponent", "final_selection",
+        "zero_init_residual", "tied_kernels", "zero_init_se",
+    }  # fmt: skip
