@@ -7,9 +7,11 @@ the policy held uniform, once per variant (how the weights start, or another set
 of 4,000 uniform draws), plus the space's reference architectures, are scored through the
 supernet (BN on batch statistics, the 1,000 valid digits in 4 shuffled batches of 250), and each
 is trained standalone from scratch on the same number of images (the same recipe: 230 steps of
-64) and scored on the same valid split. Printed per variant: the final training loss, the mean
-valid top-1 of the random children through the supernet and alone, their ratio (target ≥ 95%),
-the references', and Kendall τ (with its p-value) between supernet and standalone accuracy.
+64) and scored on the same valid split, BN on the same batches' statistics (and, beside it, on
+its running statistics). Printed per variant: the final training loss, the mean valid top-1 of
+the random children through the supernet and alone, their ratio (target ≥ 95%), the
+references', and Kendall τ (with its p-value) between supernet and standalone accuracy over
+every architecture (children and references).
 
 Standalone accuracies do not depend on the variant and are cached in `--cache`.
 
@@ -157,7 +159,8 @@ def main() -> None:
             first, last = statistics.mean(losses[:10]), statistics.mean(losses[-10:])
             sup = [through[a] for a in children]
             sol = [alone[a] for a in children]
-            tau, p = kendalltau(sup, sol)
+            # Rank agreement over every architecture scored both ways, references included.
+            tau, p = kendalltau([through[a] for a in archs], [alone[a] for a in archs])
             ratio = statistics.mean(sup) / statistics.mean(sol)
             refs = " · ".join(
                 f"{name} {through[a]:.1%} / {alone[a]:.1%}" for name, a in references.items()
