@@ -84,6 +84,12 @@ def compose_search(overrides: list[str]):
         return compose(config_name="search", overrides=overrides)
 
 
+def save_json(path: Path, value) -> None:
+    """Written after every result, so an interrupted run keeps what it measured."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=1))
+
+
 def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1%} ± {statistics.stdev(values):.1%}"
 
@@ -135,8 +141,7 @@ def main() -> None:
                 cache[key] = standalone_top1(
                     space, indices, net_settings, cfg.train, data, args.seed
                 )
-                args.cache.parent.mkdir(parents=True, exist_ok=True)
-                args.cache.write_text(json.dumps(cache, indent=1))
+                save_json(args.cache, cache)
                 console.print(
                     f"{space_name}: standalone {number + 1}/{len(archs)} {cache[key][0]:.1%} "
                     f"on batch statistics, {cache[key][1]:.1%} on running statistics "
@@ -181,6 +186,7 @@ def main() -> None:
                     "children": [format_indices(a) for a in children],
                     "supernet_top1": sup,
                     "standalone_top1": sol,
+                    "standalone_running_top1": [running[a] for a in children],
                     "ratio": ratio,
                     "kendall_tau": tau,
                     "kendall_p": p,
@@ -189,8 +195,7 @@ def main() -> None:
                     "batch": cfg.train.batch_size,
                 }
             )
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=1))
+            save_json(args.out, results)
             console.print(
                 f"{space_name} {variant}: loss {first:.2f} → {last:.2f}, children "
                 f"{mean_std(sup)} through the supernet vs {mean_std(sol)} alone "
