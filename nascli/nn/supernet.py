@@ -374,7 +374,6 @@ class Supernet(nn.Module):
     ):
         super().__init__()
         self.space, self.settings = space, settings
-        self.init = init or SupernetInit()
         builder = _Builder(space, settings)
         self.blocks = nn.ModuleList(builder.block(block) for block in space.blocks)
         if next(builder.positions, None) is not None:
@@ -389,7 +388,7 @@ class Supernet(nn.Module):
             elif isinstance(module, SuperSE):
                 _init_conv(module.reduce, False)
                 _init_conv(module.expand, False)
-        self._same_start(self.init)
+        self._same_start(init or SupernetInit())
 
     @torch.no_grad()
     def _same_start(self, init: SupernetInit) -> None:

@@ -28,11 +28,7 @@ from nascli.train.distributed import Context
 from nascli.train.engine import Trainer
 
 
-def train_shared_uniform(
-    search: TunasSearch,
-    steps: int | None = None,
-    on_step: Callable[[int, float], None] | None = None,
-) -> list[float]:
+def train_shared_uniform(search: TunasSearch, steps: int | None = None) -> list[float]:
     """Train `search`'s shared weights for `steps` (default: its whole schedule) with uniform
     children and its warmups; the policy is never updated. Returns each step's mean loss."""
     losses = []
@@ -41,8 +37,6 @@ def train_shared_uniform(
         indices, mixed, _ = search.sample(t, p_op, p_filter)
         loss = search.update_weights(t, search.local_samples(indices, mixed))
         losses.append(float(search.ctx.all_reduce(loss.reshape(1)).item()) / search.archs)
-        if on_step is not None:
-            on_step(t, losses[-1])
     return losses
 
 
@@ -116,16 +110,6 @@ def spread_over_cost(
     order = cost_model(drawn).argsort()
     picks = torch.linspace(0, pool - 1, num).round().long()
     return [tuple(int(i) for i in drawn[order[p]]) for p in picks]
-
-
-@dataclass
-class ChildScore:
-    """One architecture's accuracy through the supernet and alone."""
-
-    indices: tuple[int, ...]
-    cost: float
-    supernet_top1: float
-    standalone_top1: float | None = None
 
 
 #: The reward accuracy counts as a signal once it covers a third of the way from chance to 100%.

@@ -80,9 +80,18 @@ class CategoricalPolicy:
     def probs(self) -> torch.Tensor:
         return self.log_probs().exp()
 
-    def sample(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(num, D) indices drawn independently per decision."""
-        probs = self.probs().float().cpu()
+    def sample(
+        self,
+        num: int,
+        generator: torch.Generator | None = None,
+        temperature: float | None = None,
+    ) -> torch.Tensor:
+        """(num, D) indices drawn independently per decision; at `temperature` τ from
+        softmax(log π / τ) instead (τ < 1: nearer the mode)."""
+        if temperature is None:
+            probs = self.probs().float().cpu()
+        else:
+            probs = (self.log_probs().float().cpu() / temperature).softmax(dim=1)
         flat = torch.multinomial(
             probs.repeat(num, 1), 1, replacement=True, generator=generator
         ).view(num, -1)

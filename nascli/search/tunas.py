@@ -410,15 +410,10 @@ def likeliest_within(
     decision, with the decisions inside skipped layers set to their argmax first (they change
     neither the network nor its cost)."""
     generator = torch.Generator().manual_seed(seed)
-    log_probs = policy.log_probs().float().cpu()
-    argmax = policy.argmax().cpu()
-    candidates = [argmax[None]]
-    for temperature in (1.0, 0.5, 0.25):
-        probs = (log_probs / temperature).softmax(dim=1)
-        drawn = torch.multinomial(probs.repeat(draws, 1), 1, True, generator=generator)
-        candidates.append(drawn.view(draws, -1))
-    indices = torch.cat(candidates).to(policy.logits.device)
-    indices = torch.where(policy.active(indices), indices, policy.argmax())
+    argmax = policy.argmax()
+    drawn = [policy.sample(draws, generator, temperature=t) for t in (1.0, 0.5, 0.25)]
+    indices = torch.cat([argmax[None], *drawn])
+    indices = torch.where(policy.active(indices), indices, argmax)
     cost = cost_model(indices.cpu()).double()
     inside = ((cost / target - 1).abs() <= window).to(indices.device)
     if not bool(inside.any()):
