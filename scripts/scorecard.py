@@ -1,0 +1,201 @@
+"""Scorecard: every strategy at equal compute, winners retrained with one recipe, several seeds.
+
+For each target and seed: run `nascli search` (TuNAS) and count its compute in
+training-image equivalents (train images + reward images / 3: a forward pass costs about a
+third of a training step). The random baseline gets as many candidates as that budget buys with
+its recipe; the Zen-NAS evolution as many iterations (two forward passes of its batch each).
+Every winner is then retrained from scratch with one recipe (`train=cpu_quick`, the same seed)
+and scored on the test split. Per target the table gives mean ± std over seeds and Welch's
+t-test of each strategy against random (two-sided). Every command resumes, so rerunning the
+script after an interruption continues where it stopped.
+
+    python scripts/scorecard.py [--space proxylessnas] [--targets 84 40] [--seeds 0 1 2]
+        [--strategies tunas random zen] [--retrain-epochs 10] [--out runs/scorecard]
+        [-- extra overrides for every command, e.g. data=cifar10 data.root=~/data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_module
+from rich.console import Console
+from rich.table import Table
+from scipy import stats
+
+import nascli.config  # registers the config schema
+from nascli.data import load_data
+from nascli.report.machine import machine_line
+
+STRATEGIES = ("tunas", "random", "zen")
+
+
+def nascli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "nascli", *args], check=True)
+
+
+def summary(path: Path) -> dict:
+    return json.loads((path / "summary.json").read_text())
+
+
+def candidate_cost(extra: list[str]) -> tuple[float, dict]:
+    """Training-image equivalents one random-baseline candidate costs with its recipe."""
+    with initialize_config_module(config_module="nascli.conf", version_base=None):
+        cfg = compose(config_name="random_baseline", overrides=extra)
+    data = load_data(cfg.data)
+    batch, epochs = cfg.train.batch_size, cfg.train.epochs
+    train = data.steps_per_epoch(batch) * batch * epochs
+    evaluation = data.sizes.get("valid", 0) * epochs / 3  # a valid pass after every epoch
+    return train + evaluation, {"recipe": cfg.train.name, "epochs": epochs}
+
+
+def zen_batch(extra: list[str]) -> int:
+    """Images one Zen-NAS iteration scores: the proxy's batch × repeats."""
+    with initialize_config_module(config_module="nascli.conf", version_base=None):
+        cfg = compose(config_name="search", overrides=["strategy=zen", *extra])
+    return cfg.strategy.batch_size * cfg.strategy.repeat
+
+
+def tunas_budget(found: dict) -> float:
+    return found["images"] + found["reward_images"] / 3
+
+
+def zen_budget(found: dict) -> float:
+    return found["scored_images"] * 2 / 3  # a clean and a perturbed forward pass per image
+
+
+def mean_std(values: list[float], digits: int = 4) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}g}"
+    return f"{statistics.mean(values):.{digits}g} ± {statistics.stdev(values):.2g}"
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided Welch's t-test p-value; None with fewer than two values per side."""
+    if min(len(a), len(b)) < 2:
+        return None
+    if statistics.pstdev(a) == 0 and statistics.pstdev(b) == 0:
+        return 1.0 if statistics.mean(a) == statistics.mean(b) else 0.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def search_seed(
+    out: Path,
+    common: list[str],
+    target: float,
+    seed: int,
+    names: list[str],
+    costs: tuple[float, float],
+    retrain_epochs: int,
+) -> list[dict[str, Any]]:
+    """Search with every strategy at one target and seed at TuNAS's compute; retrain winners."""
+    per_candidate, per_iteration = costs
+    base = [*common, f"cost.target={target:g}", f"seed={seed}"]
+    tunas_dir = out / f"tunas/{seed}"
+    nascli("search", *base, f"out={tunas_dir}")
+    budget = tunas_budget(summary(tunas_dir))
+    runs: dict[str, tuple[Path, float]] = {}
+    if "tunas" in names:
+        runs["tunas"] = (tunas_dir, budget)
+    if "random" in names:
+        candidates = max(1, math.floor(budget / per_candidate + 0.5))
+        directory = out / f"random/{seed}"
+        nascli("random-baseline", *base, f"strategy.num_samples={candidates}", f"out={directory}")
+        runs["random"] = (directory, candidates * per_candidate)
+    if "zen" in names:
+        iterations = max(1, math.floor(budget / per_iteration + 0.5))
+        directory = out / f"zen/{seed}"
+        nascli("search", *base, "strategy=zen", f"strategy.iterations={iterations}",
+               f"out={directory}")  # fmt: skip
+        runs["zen"] = (directory, zen_budget(summary(directory)))
+    rows = []
+    for name, (directory, spent) in runs.items():
+        found = summary(directory)
+        retrained = out / f"retrain_{name}/{seed}"
+        nascli("retrain", *common, f"arch={directory}", f"seed={seed}",
+               f"train.epochs={retrain_epochs}", f"out={retrained}")  # fmt: skip
+        trained = summary(retrained)
+        rows.append({
+            "target": target, "seed": seed, "strategy": name, "indices": found["indices"],
+            "cost": found["cost"], "cost_units": found["cost_units"],
+            "test_top1": trained["test_top1"], "params": trained["params"],
+            "budget": spent, "search_seconds": found["search_seconds"],
+            "candidates": found.get("candidates") if name == "random" else None,
+            "reward_top1_final": found.get("reward_top1_final"),
+        })  # fmt: skip
+    return rows
+
+
+def target_table(rows: list[dict[str, Any]], target: float, title: str) -> Table:
+    table = Table(title=f"{title} · target {target:g}", title_justify="left")
+    for column in ("strategy", "test top-1 %", "per seed", "cost", "params M",
+                   "budget (img-eq.)", "search s", "vs random p"):  # fmt: skip
+        table.add_column(column, justify="right")
+    random_top1 = [100 * r["test_top1"] for r in rows if r["strategy"] == "random"]
+    for name in STRATEGIES:
+        own = [r for r in rows if r["strategy"] == name]
+        if not own:
+            continue
+        top1 = [100 * r["test_top1"] for r in own]
+        p = None if name == "random" else welch_p(top1, random_top1)
+        table.add_row(
+            name,
+            mean_std(top1),
+            ", ".join(f"{v:.1f}" for v in top1),
+            mean_std([r["cost"] for r in own]) + f" {own[0]['cost_units']}",
+            mean_std([r["params"] / 1e6 for r in own], 3),
+            mean_std([r["budget"] for r in own]),
+            mean_std([r["search_seconds"] for r in own], 3),
+            "–" if p is None else f"{p:.3f}",
+        )
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default="proxylessnas")
+    parser.add_argument("--targets", type=float, nargs="+", default=[84.0, 40.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument("--retrain-epochs", type=int, default=10)
+    parser.add_argument("--out", default="runs/scorecard")
+    parser.add_argument("extra", nargs="*", help="overrides for every command (after --)")
+    args = parser.parse_args()
+    console = Console(width=160)
+    out = Path(args.out)
+    common = [f"space={args.space}", *args.extra]
+    per_candidate, recipe = candidate_cost(common)
+    per_iteration = zen_batch(common) * 2 / 3
+    started = time.perf_counter()
+    results_path = out / "results.json"
+    results: list[dict[str, Any]] = []
+    for target in args.targets:
+        for seed in args.seeds:
+            where = out / f"{target:g}"
+            costs = (per_candidate, per_iteration)
+            results += search_seed(
+                where, common, target, seed, args.strategies, costs, args.retrain_epochs
+            )
+            results_path.parent.mkdir(parents=True, exist_ok=True)
+            results_path.write_text(json.dumps(results, indent=2) + "\n")
+    title = (
+        f"{args.space} · seeds {args.seeds} · retrain {args.retrain_epochs} epochs · random "
+        f"candidates: {recipe['recipe']} ({recipe['epochs']} epochs, {per_candidate:,.0f} "
+        "img-eq. each)"
+    )
+    for target in args.targets:
+        console.print(target_table([r for r in results if r["target"] == target], target, title))
+    console.print(f"wall time {(time.perf_counter() - started) / 60:.1f} min · {machine_line()}")
+    console.print(f"results in {results_path}")
+
+
+if __name__ == "__main__":
+    main()
