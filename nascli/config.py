@@ -8,6 +8,7 @@ Library code never reads argv or global config: a job function receives the comp
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,82 +21,104 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nascli.errors import NascliError
-from nascli.space.network import NetworkSettings
+from nascli.settings import check_fields, option
+from nascli.space.network import STRIDE_POLICIES, NetworkSettings
 from nascli.train.distributed import close_process_group, shared_timestamp, world_size
+
+#: the values of the groups that name a fixed set (the other names are each group's YAML files)
+SPACE_NAMES = ("proxylessnas", "proxylessnas_enlarged", "mnv3")
+DATA_NAMES = ("mnist", "digits", "cifar10", "cifar100", "synthetic", "imagenet", "imagefolder")
+COST_NAMES = ("macs", "params", "peak_memory", "tunas_pixel1", "lut", "measured")
+PATH = "a path"
 
 
 @dataclass
 class SpaceConfig:
-    name: str = MISSING
-    width_multiplier: float = 1.0
-    stride_policy: str = "auto"
-    min_final_resolution: int = 2
-    dropout: float = 0.0
+    name: str = option(MISSING, choices=SPACE_NAMES)
+    width_multiplier: float = option(1.0, gt=0, le=16)
+    stride_policy: str = option("auto", choices=STRIDE_POLICIES)
+    min_final_resolution: int = option(2, ge=1, le=1024)
+    dropout: float = option(0.0, ge=0, lt=1)
 
 
 @dataclass
 class DataConfig:
-    name: str = MISSING
-    root: str | None = None
-    resolution: int = 224
-    num_classes: int = 1000
-    in_channels: int = 3
-    download: bool = True  # CIFAR archives, when missing from root
-    valid_fraction: float = 0.1  # held out of train (TuNAS's rewards are computed on it)
-    test_fraction: float = 0.2  # only for sets without an official test split
-    crop_padding: int = 4  # random crop with this zero padding (in-memory sets)
-    flip: bool = True
-    num_samples: int = 2048  # synthetic only
-    workers: int = 8  # ImageFolder decoding processes
+    name: str = option(MISSING, choices=DATA_NAMES)
+    root: str | None = option(None, text=PATH)
+    resolution: int = option(224, ge=8, le=4096)
+    num_classes: int = option(1000, ge=2, le=1_000_000)
+    in_channels: int = option(3, ge=1, le=64)
+    download: bool = option(True)  # CIFAR archives, when missing from root
+    # held out of train (TuNAS's rewards are computed on it)
+    valid_fraction: float = option(0.1, gt=0, lt=1)
+    test_fraction: float = option(0.2, gt=0, lt=1)  # only for sets without an official test split
+    crop_padding: int = option(4, ge=0, le=1024)  # random crop with this zero padding
+    flip: bool = option(True)
+    num_samples: int = option(2048, ge=10, le=10_000_000)  # synthetic only
+    workers: int = option(8, ge=0, le=1024)  # ImageFolder decoding processes
 
 
 @dataclass
 class TrainConfig:
-    name: str = MISSING
-    epochs: int = 1
-    batch_size: int = 128  # global: split over the ranks under torchrun
-    optimizer: str = "sgd"  # sgd (Nesterov) | rmsprop_tf (TensorFlow semantics)
-    lr_per_256: float = 0.1  # peak lr = lr_per_256 · batch_size / 256
-    momentum: float = 0.9
-    nesterov: bool = True
-    rmsprop_decay: float = 0.9
-    rmsprop_epsilon: float = 1.0
-    warmup_fraction: float = 0.0  # linear warmup over this share of the steps
-    schedule: str = "cosine"  # cosine | constant (after the warmup)
-    label_smoothing: float = 0.0
-    weight_decay: float = 0.0  # L2 on conv/linear kernels; never on BN or biases
-    decay_classifier: bool = False  # TuNAS leaves the classifier undecayed
-    ema_decay: float | None = None  # EMA of weights (evaluated and saved when set)
-    grad_clip_norm: float | None = None
-    bn_momentum: float | None = None  # PyTorch convention; None keeps TuNAS's 0.01 (TF 0.99)
-    sync_bn: bool = False  # under torchrun; TuNAS keeps per-replica statistics
-    amp: str = "none"  # none | bf16 | fp16
-    channels_last: Any = "auto"  # auto: on CUDA only
-    compile: bool = False  # torch.compile the model
-    eval_batch_size: int = 500
-    log_every: int = 10  # steps between progress updates (and device syncs)
-    checkpoint_every: int = 200  # steps between checkpoints (0: at epoch ends only)
+    name: str = option(MISSING, text="the recipe's name")
+    epochs: int = option(1, ge=1, le=100_000)
+    batch_size: int = option(128, ge=1, le=1_000_000)  # global: split over the ranks (torchrun)
+    optimizer: str = option("sgd", choices=("sgd", "rmsprop_tf"))  # rmsprop_tf: TF semantics
+    lr_per_256: float = option(0.1, gt=0, le=1000)  # peak lr = lr_per_256 · batch_size / 256
+    momentum: float = option(0.9, ge=0, lt=1)
+    nesterov: bool = option(True)
+    rmsprop_decay: float = option(0.9, ge=0, lt=1)
+    rmsprop_epsilon: float = option(1.0, gt=0, le=1e3)
+    warmup_fraction: float = option(0.0, ge=0, lt=1)  # linear warmup over this share of steps
+    schedule: str = option("cosine", choices=("cosine", "constant"))  # after the warmup
+    label_smoothing: float = option(0.0, ge=0, lt=1)
+    weight_decay: float = option(0.0, ge=0, lt=1)  # L2 on conv/linear kernels, not BN/biases
+    decay_classifier: bool = option(False)  # TuNAS leaves the classifier undecayed
+    ema_decay: float | None = option(None, gt=0, lt=1)  # EMA of weights (evaluated and saved)
+    grad_clip_norm: float | None = option(None, gt=0)
+    # PyTorch convention; None keeps TuNAS's 0.01 (TF 0.99)
+    bn_momentum: float | None = option(None, gt=0, le=1)
+    sync_bn: bool = option(False)  # under torchrun; TuNAS keeps per-replica statistics
+    amp: str = option("none", choices=("none", "bf16", "fp16"))
+    channels_last: Any = option("auto", choices=("auto", True, False))  # auto: on CUDA only
+    compile: bool = option(False)  # torch.compile the model
+    eval_batch_size: int = option(500, ge=1, le=1_000_000)
+    log_every: int = option(10, ge=1, le=1_000_000)  # steps between progress updates
+    checkpoint_every: int = option(200, ge=0)  # steps between checkpoints (0: epoch ends only)
 
 
 @dataclass
 class CostConfig:
-    name: str = MISSING
-    target: float | None = None  # the cost a search aims at, in the model's units
-    path: str | None = None  # lut: a table file; default: the user cache for these settings
+    name: str = option(MISSING, choices=COST_NAMES)
+    target: float | None = option(None, gt=0)  # the cost a search aims at, in the model's units
+    # lut: a table file; default: the user cache for these settings
+    path: str | None = option(None, text=PATH)
     # Latency measurement protocol (lut, measured, and `nascli profile-latency`).
-    backend: str = "torch"  # torch | torchscript | onnxruntime
-    threads: int | None = None  # default: the number of physical cores
-    batch_size: int = 1
-    warmup: int = 10
-    runs: int = 30
-    channels_last: bool = False
-    allocator: str = "steady"  # steady: malloc keeps freed memory (see cost/timing.py) | default
-    calibrate: int = 50  # profile-latency: end-to-end archs the LUT correction is fitted on
-    validate: int = 50  # profile-latency: other archs the LUT is validated on
-    rounds: int = 10  # profile-latency: end-to-end runs are split into rounds over all the archs
-    in_network: bool = True  # profile-latency: map layers to their time inside a network
-    probe_every: int = 64  # profile-latency: layers between drift probes (0: no probe)
-    cache: bool = True  # profile-latency: also store the table in the user cache
+    backend: str = option("torch", choices=("torch", "torchscript", "onnxruntime"))
+    threads: int | None = option(None, ge=1, le=4096)  # default: the number of physical cores
+    batch_size: int = option(1, ge=1, le=65536)
+    warmup: int = option(10, ge=0, le=1_000_000)
+    runs: int = option(30, ge=1, le=1_000_000)
+    channels_last: bool = option(False)
+    # steady: malloc keeps freed memory (see cost/timing.py) | default
+    allocator: str = option("steady", choices=("steady", "default"))
+    calibrate: int = option(50, ge=0, le=100_000)  # profile-latency: archs the correction fits
+    validate: int = option(50, ge=1, le=100_000)  # profile-latency: archs the LUT is checked on
+    rounds: int = option(10, ge=1, le=10_000)  # profile-latency: end-to-end rounds over the archs
+    in_network: bool = option(True)  # profile-latency: layers timed inside a network
+    probe_every: int = option(64, ge=0)  # profile-latency: layers between drift probes (0: none)
+    cache: bool = option(True)  # profile-latency: also store the table in the user cache
+
+
+@dataclass
+class ProxiesConfig:
+    """`nascli proxies`: which column is the accuracy, and which proxies to rank."""
+
+    accuracy: str = option("valid_top1", text="a column of the input")
+    names: Any = option(None, text="a list of proxy names")
+
+
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
 @dataclass
@@ -103,19 +126,54 @@ class Config:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # A plain mapping: its schema comes with the command that reads it.
+    # A plain mapping: its schema comes with the strategy it names (`strategy_settings`).
     strategy: Any = MISSING
     cost: CostConfig = field(default_factory=CostConfig)
-    arch: str | None = None
+    # build/retrain: indices (0:1:...), a reference name, an arch.json or a run dir
+    arch: str | None = option(None, text="an architecture")
     # `nascli proxies`: the run directory or CSV to score, and how (conf/proxies.yaml).
-    input: str | None = None
+    input: str | None = option(None, text=PATH)
     proxies: Any = None
-    seed: int = 0
-    device: str = "auto"
-    out: str = MISSING
+    seed: int = option(0, ge=0, lt=2**32)
+    device: str = option("auto", text="auto, cpu, cuda or cuda:N")
+    out: str = option(MISSING, text=PATH)
 
 
 ConfigStore.instance().store(name="config_schema", node=Config)
+GROUP_SCHEMAS = {"space": SpaceConfig, "data": DataConfig, "train": TrainConfig, "cost": CostConfig}
+
+
+def strategy_settings(cfg: Any) -> Any:
+    """The typed, checked settings of the strategy the `strategy` group names."""
+    from nascli.search.random import RandomSettings
+    from nascli.search.tunas import TunasSettings
+    from nascli.search.zen import ZenSettings
+
+    registry = {"tunas": TunasSettings, "random": RandomSettings, "zen": ZenSettings}
+    name = cfg.get("name") if isinstance(cfg, DictConfig) else None
+    if name not in registry:
+        raise NascliError(f"strategy.name={name!r}: expected one of {', '.join(registry)}")
+    return registry[name].from_config(cfg)
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every leaf of a composed config checked against its declared rule (type, range,
+    choices) and the settings that combine several leaves, before a job does any work: a bad
+    value is one `NascliError` line naming the key, the value and what is allowed."""
+    for group, schema in GROUP_SCHEMAS.items():
+        check_fields(schema, _plain(cfg[group]), group)
+    top = {key: cfg[key] for key in ("arch", "input", "seed", "device")}
+    check_fields(Config, top, "")
+    if not DEVICE.fullmatch(cfg.device):
+        raise NascliError(f"device={cfg.device!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if isinstance(cfg.get("proxies"), DictConfig):
+        check_fields(ProxiesConfig, _plain(cfg.proxies), "proxies")
+    strategy_settings(cfg.strategy)
+    network_settings(cfg)
 
 
 def network_settings(cfg: DictConfig) -> NetworkSettings:
@@ -168,9 +226,13 @@ def run_hydra_job(
 ) -> None:
     """Compose the config `config_name` with `args` (Hydra's own command line), run `job`."""
 
+    held = _HeldStderr(sys.stderr)
+
     @hydra.main(version_base=None, config_path="pkg://nascli.conf", config_name=config_name)
     def task(cfg: DictConfig) -> None:
+        held.release()
         try:
+            validate(cfg)
             job(cfg)
         except NascliError as error:
             print(f"error: {error}", file=sys.stderr)
@@ -192,10 +254,98 @@ def run_hydra_job(
             "hydra/hydra_logging=none",
         ]
     # Hydra's argparse wants options before the overrides; accept them in any order.
-    saved = sys.argv
+    if not any(o in INSPECTING for o in options):
+        precheck(config_name, [f"hydra.job.name={command}", *overrides])
+    saved = sys.argv, sys.stderr
     sys.argv = [f"nascli {command}", *options, *hydra_args, *overrides]
+    sys.stderr = held
     try:
         task()
+    except SystemExit as stop:
+        # Hydra reports a composition error (unknown option or key, a value of the wrong type,
+        # bad override syntax) in several lines and exits 1, before any job starts: usage.
+        if stop.code == 1 and not held.released:
+            print(f"error: {one_line(held.discard())}", file=saved[1])
+            raise SystemExit(2) from None
+        raise
     finally:
-        sys.argv = saved
+        sys.argv, sys.stderr = saved
+        held.release()
         close_process_group()
+
+
+#: Hydra options under which no single job is composed and run here (sweeps, help, printing)
+INSPECTING = frozenset(
+    {"-m", "--multirun", "--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help",
+     "--shell-completion", "-sc", "--resolve", "-p", "--package"}
+)  # fmt: skip
+
+
+def precheck(config_name: str, overrides: list[str]) -> None:
+    """Compose the config as the job will see it and validate it, before Hydra creates a run
+    directory: a composition error or a bad value ends the command with one line, exit 2."""
+    from hydra import compose, initialize_config_module
+
+    try:
+        with initialize_config_module(config_module="nascli.conf", version_base=None):
+            cfg = compose(config_name=config_name, overrides=overrides)
+    except Exception as error:  # Hydra's and OmegaConf's composition errors: usage
+        raise SystemExit(_usage(one_line(str(error)))) from None
+    try:
+        validate(cfg)
+    except NascliError as error:
+        raise SystemExit(_usage(str(error))) from None
+
+
+def _usage(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+class _HeldStderr:
+    """Holds what is written to stderr until the job starts (so that a composition error can
+    be reported as one line), then passes everything through."""
+
+    def __init__(self, stream: Any):
+        self.stream, self.released, self._held = stream, False, []
+
+    def write(self, text: str) -> int:
+        if self.released:
+            return self.stream.write(text)
+        self._held.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def discard(self) -> str:
+        """What was held, dropped from the stream."""
+        text = "".join(self._held)
+        self._held.clear()
+        return text
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.stream.write(self.discard())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def one_line(report: str) -> str:
+    """Hydra's multi-line error report as one line: its message, indented listings joined."""
+    skipped = ("Set the environment variable HYDRA_FULL_ERROR", "full_key:", "reference_type=",
+               "object_type=", "Config search path", "provider=")  # fmt: skip
+    parts: list[str] = []
+    for raw in report.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(skipped):
+            continue
+        if parts and parts[-1].endswith(":") and raw[:1] in ("\t", " "):
+            parts[-1] += " " + line
+        elif parts and raw[:1] in ("\t", " ") and ": " in parts[-1]:
+            parts[-1] += ", " + line
+        else:
+            parts.append(line)
+    return "; ".join(parts) or "could not compose the configuration"

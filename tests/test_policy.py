@@ -140,7 +140,7 @@ def test_policy_learning_rate_is_zero_during_the_delay_then_ramps_tenfold():
 
 def test_warmups_longer_than_the_rl_delay_are_refused():
     with pytest.raises(NascliError, match="warmup"):
-        TunasSettings(op_warmup_fraction=0.3, rl_delay_fraction=0.25).check()
+        TunasSettings.from_config({"op_warmup_fraction": 0.3, "rl_delay_fraction": 0.25})
 
 
 # ---------------------------------------------------------------- rewards and baseline

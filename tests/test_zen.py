@@ -151,7 +151,7 @@ def test_resuming_from_state_gives_the_uninterrupted_population():
 
 
 def test_unknown_strategy_options_are_refused():
-    with pytest.raises(NascliError, match="unknown strategy option"):
+    with pytest.raises(NascliError, match=r"unknown option\(s\) strategy\."):
         ZenSettings.from_config({"population": 3})
     with pytest.raises(NascliError, match=r"strategy\.proxy"):
         ZenSettings.from_config({"proxy": "snip"})

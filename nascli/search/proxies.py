@@ -36,6 +36,7 @@ from torch.nn.modules.conv import _ConvNd
 from nascli.cost.analytic import NetworkCost, count_macs, count_params, network_cost
 from nascli.errors import NascliError
 from nascli.nn.builder import build_model
+from nascli.settings import check_fields, option
 from nascli.space.network import Network
 
 PROXIES = ("zen", "grad_norm", "synflow", "naswot", "params", "macs", "random")
@@ -57,36 +58,27 @@ REFERENCE_BN_MOMENTUM = 0.1
 class ProxySettings:
     """How the proxies are computed (the `strategy=zen` group and `nascli proxies` share it)."""
 
-    batch_size: int = 64
-    repeat: int = 1
-    gamma: float = 0.01
+    batch_size: int = option(64, ge=1, le=65536)
+    repeat: int = option(1, ge=1, le=10_000)
+    gamma: float = option(0.01, gt=0, le=1000)
     #: paper: mean-over-channels of the clean pass's mini-batch variance (the paper's formula,
     #: reproduces its Table 5). reference: BN running_var after the two passes with momentum 0.1
     #: (what the released search computes: ≈ 0.19× the batch variance, −0.8 per BN layer).
-    bn_term: str = "paper"
-    residuals: str = "drop"
+    bn_term: str = option("paper", choices=BN_TERMS)
+    residuals: str = option("drop", choices=RESIDUALS)
     #: reference: Zen-NAS's synflow (train-mode BN, per-layer mean over output channels,
     #: negated). original: Tanaka et al.'s Σ|θ·∂R/∂θ| over conv/linear weights, BN in eval mode.
-    synflow: str = "reference"
+    synflow: str = option("reference", choices=SYNFLOW_VARIANTS)
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (
-            ("bn_term", self.bn_term, BN_TERMS),
-            ("residuals", self.residuals, RESIDUALS),
-            ("synflow", self.synflow, SYNFLOW_VARIANTS),
-        ):
-            if value not in allowed:
-                raise NascliError(f"{name}={value!r}: choose one of {', '.join(allowed)}")
-        if self.batch_size < 1 or self.repeat < 1:
-            raise NascliError("proxy batch_size and repeat must be ≥ 1")
-        if not self.gamma > 0:
-            raise NascliError("proxy gamma must be > 0")
+        check_fields(type(self), asdict(self), "proxy")
 
     @classmethod
-    def from_mapping(cls, values: Any) -> ProxySettings:
-        """The proxy settings among `values` (other keys are ignored)."""
+    def from_mapping(cls, values: Any, prefix: str = "strategy") -> ProxySettings:
+        """The proxy settings among `values` (other keys are ignored), checked."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in dict(values).items() if k in names})
+        given = {k: v for k, v in dict(values).items() if k in names}
+        return cls(**check_fields(cls, given, prefix))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

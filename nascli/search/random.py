@@ -4,13 +4,14 @@ the target, then each trained with the same short recipe and compared on `valid`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from nascli.cost.models import CostModel
 from nascli.errors import NascliError
+from nascli.settings import check_fields, option
 from nascli.space.arch import sample_indices
 from nascli.space.spaces import SearchSpace
 
@@ -26,26 +27,24 @@ PIXEL1_WINDOWS_MS = {
 class RandomSettings:
     """The `strategy=random` config group (see conf/strategy/random.yaml)."""
 
-    name: str = "random"
-    num_samples: int = 4
-    min_cost: float | None = None
-    max_cost: float | None = None
-    window: float = 0.02
-    max_attempts: int = 1_000_000
-    workers: int = 1
-    candidate: int | None = None
+    name: str = option("random", choices=("random",))
+    num_samples: int = option(4, ge=1, le=1_000_000)
+    min_cost: float | None = option(None, ge=0)
+    max_cost: float | None = option(None, gt=0)
+    window: float = option(0.02, ge=0, lt=1)
+    max_attempts: int = option(1_000_000, ge=1, le=10**12)
+    workers: int = option(1, ge=1, le=1024)
+    candidate: int | None = option(None, ge=0, le=1_000_000)
 
     @classmethod
     def from_config(cls, cfg: Any) -> RandomSettings:
-        values = dict(cfg)
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise NascliError(f"unknown strategy option(s) for random: {', '.join(unknown)}")
-        settings = cls(**values)
-        if min(settings.num_samples, settings.max_attempts, settings.workers) < 1:
-            raise NascliError("strategy.num_samples, max_attempts and workers must be ≥ 1")
-        if settings.window < 0:
-            raise NascliError("strategy.window must be ≥ 0")
+        settings = cls(**check_fields(cls, dict(cfg), "strategy"))
+        if (settings.min_cost is None) != (settings.max_cost is None):
+            raise NascliError("strategy.min_cost and max_cost: give both or neither")
+        if settings.min_cost is not None and settings.min_cost > settings.max_cost:
+            raise NascliError(
+                f"strategy.min_cost={settings.min_cost} exceeds max_cost={settings.max_cost}"
+            )
         return settings
 
     def to_dict(self) -> dict[str, Any]:

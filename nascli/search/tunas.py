@@ -12,7 +12,7 @@ all-gather of rewards per step.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ from nascli.search.rewards import (
     reward,
     warmup_probability,
 )
+from nascli.settings import check_fields, option
 from nascli.space.schema import Zero
 from nascli.space.spaces import SearchSpace
 from nascli.train.distributed import Context
@@ -41,69 +42,53 @@ from nascli.train.optim import build_optimizer, learning_rate
 PIXEL1_TARGETS_MS = {"proxylessnas": 84.0, "proxylessnas_enlarged": 84.0, "mnv3": 57.0}
 
 
+#: how the result is read from the final policy (TunasSettings.final_selection)
+FINAL_SELECTIONS = ("argmax", "likeliest_in_window")
+
+
 @dataclass(frozen=True)
 class TunasSettings:
     """The `strategy=tunas` config group (see conf/strategy/tunas.yaml for each field)."""
 
-    name: str = "tunas"
-    reward: str = "abs"
-    cost_exponent: float = -0.1
-    baseline_momentum: float = 0.95
-    policy_lr_per_256: float = 0.0003
-    policy_lr: float | None = None
-    policy_adam_beta1: float = 0.0
-    policy_adam_beta2: float = 0.999
-    policy_adam_epsilon: float = 1e-8
-    policy_second_moment: str = "per_arch"
-    rl_delay_fraction: float = 0.25
-    op_warmup_fraction: float = 0.25
-    filter_warmup_fraction: float = 0.25
-    rl_batch_size_multiplier: float = 4.0
-    entropy_coefficient: float = 0.0
-    archs_per_rank: int = 1
-    log_every: int = 1
-    checkpoint_every: int = 50
+    name: str = option("tunas", choices=("tunas",))
+    reward: str = option("abs", choices=REWARDS)
+    cost_exponent: float = option(-0.1, ge=-100, le=0)  # β: a cost above target lowers reward
+    baseline_momentum: float = option(0.95, ge=0, lt=1)
+    policy_lr_per_256: float = option(0.0003, gt=0, le=1000)
+    policy_lr: float | None = option(None, gt=0, le=1000)
+    policy_adam_beta1: float = option(0.0, ge=0, lt=1)
+    policy_adam_beta2: float = option(0.999, ge=0, lt=1)
+    policy_adam_epsilon: float = option(1e-8, gt=0, le=1)
+    policy_second_moment: str = option("per_arch", choices=("per_arch", "mean"))
+    rl_delay_fraction: float = option(0.25, ge=0, lt=1)
+    op_warmup_fraction: float = option(0.25, ge=0, lt=1)
+    filter_warmup_fraction: float = option(0.25, ge=0, lt=1)
+    rl_batch_size_multiplier: float = option(4.0, gt=0, le=1000)
+    entropy_coefficient: float = option(0.0, ge=0, le=1000)
+    archs_per_rank: int = option(1, ge=1, le=1024)
+    log_every: int = option(1, ge=1, le=1_000_000)
+    checkpoint_every: int = option(50, ge=0)
     # How the shared weights start (nascli's addition, see nn/supernet.py; TuNAS: all false).
-    zero_init_residual: bool = False
-    tied_kernels: bool = False
-    zero_init_se: bool = False
+    zero_init_residual: bool = option(False)
+    tied_kernels: bool = option(False)
+    zero_init_se: bool = option(False)
     # The result: argmax of every decision (TuNAS §8) | likeliest_in_window: the likeliest
     # architecture under the final policy whose cost is within target·(1 ± final_window).
-    final_selection: str = "argmax"
-    final_window: float = 0.03
+    final_selection: str = option("argmax", choices=FINAL_SELECTIONS)
+    final_window: float = option(0.03, gt=0, lt=1)
 
     @classmethod
     def from_config(cls, cfg: Any) -> TunasSettings:
-        values = dict(cfg)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise NascliError(f"unknown strategy option(s) for tunas: {', '.join(unknown)}")
-        settings = cls(**values)
-        settings.check()
-        return settings
-
-    def check(self) -> None:
-        if self.reward not in REWARDS:
-            raise NascliError(f"strategy.reward={self.reward!r}: choose {', '.join(REWARDS)}")
-        if max(self.op_warmup_fraction, self.filter_warmup_fraction) > self.rl_delay_fraction:
+        settings = cls(**check_fields(cls, dict(cfg), "strategy"))
+        if max(settings.op_warmup_fraction, settings.filter_warmup_fraction) > (
+            settings.rl_delay_fraction
+        ):
             # §5: the warmups' log-prob bookkeeping is exact only if they end before RL starts.
             raise NascliError(
-                "op/filter warmup fractions must not exceed strategy.rl_delay_fraction"
+                "strategy.op_warmup_fraction and filter_warmup_fraction must not exceed "
+                f"strategy.rl_delay_fraction ({settings.rl_delay_fraction})"
             )
-        if self.archs_per_rank < 1 or self.rl_batch_size_multiplier <= 0:
-            raise NascliError("strategy.archs_per_rank and rl_batch_size_multiplier must be > 0")
-        if self.policy_second_moment not in ("per_arch", "mean"):
-            raise NascliError("strategy.policy_second_moment: choose per_arch or mean")
-        if self.final_selection not in FINAL_SELECTIONS:
-            raise NascliError(
-                f"strategy.final_selection={self.final_selection!r}: choose "
-                + " or ".join(FINAL_SELECTIONS)
-            )
-        if not 0 < self.final_window < 1:
-            raise NascliError(
-                f"strategy.final_window={self.final_window}: a fraction of the target in (0, 1)"
-            )
+        return settings
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -391,9 +376,6 @@ class TunasSearch:
         if found.tolist() == self.final_indices():
             return found.tolist(), "argmax"  # the likeliest of all is inside the window
         return found.tolist(), "likeliest_in_window"
-
-
-FINAL_SELECTIONS = ("argmax", "likeliest_in_window")
 
 
 def likeliest_within(

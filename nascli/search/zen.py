@@ -27,6 +27,7 @@ from nascli.cost.models import CostModel
 from nascli.errors import NascliError
 from nascli.search.policy import ancestors
 from nascli.search.proxies import PROXIES, ProxySettings, scorable, score
+from nascli.settings import check_fields, option
 from nascli.space.arch import load_architecture, sample_indices
 from nascli.space.network import Network, NetworkSettings, decode
 from nascli.space.schema import Zero
@@ -40,41 +41,32 @@ BUDGETS = (("params", "params"), ("macs", "macs"), ("peak_memory", "peak_memory_
 class ZenSettings:
     """The `strategy=zen` config group (see conf/strategy/zen.yaml)."""
 
-    name: str = "zen"
-    proxy: str = "zen"
-    population_size: int = 512
-    iterations: int = 480_000
+    name: str = option("zen", choices=("zen",))
+    proxy: str = option("zen", choices=PROXIES)
+    population_size: int = option(512, ge=1, le=1_000_000)
+    iterations: int = option(480_000, ge=1, le=10**9)
     #: smallest (every decision at its cheapest option: skips taken, smallest kernel, width
     #: and expansion, no SE) | random (uniform draws until one fits the budgets) | an
     #: architecture (indices, reference name, arch.json or run dir).
-    init: str = "smallest"
-    init_population: int = 10
-    mutations: int = 2
-    max_cost: float | None = None  # in the cost model's units; default: cost.target
-    max_params: float | None = None
-    max_macs: float | None = None
-    max_peak_memory: float | None = None  # bytes
-    log_every: int = 100
-    checkpoint_every: int = 500
+    init: str = option("smallest", text="smallest, random or an architecture")
+    init_population: int = option(10, ge=1, le=1_000_000)
+    mutations: int = option(2, ge=1, le=10_000)
+    max_cost: float | None = option(None, gt=0)  # in the cost model's units; default: cost.target
+    max_params: float | None = option(None, gt=0)
+    max_macs: float | None = option(None, gt=0)
+    max_peak_memory: float | None = option(None, gt=0)  # bytes
+    log_every: int = option(100, ge=1, le=10**9)
+    checkpoint_every: int = option(500, ge=0)
     proxy_settings: ProxySettings = field(default_factory=ProxySettings)
 
     @classmethod
     def from_config(cls, cfg: Any) -> ZenSettings:
         values = dict(cfg)
-        proxy_names = {f.name for f in fields(ProxySettings)}
-        own = {f.name for f in fields(cls)} - {"proxy_settings"}
-        unknown = sorted(set(values) - own - proxy_names)
-        if unknown:
-            raise NascliError(f"unknown strategy option(s) for zen: {', '.join(unknown)}")
-        proxy = ProxySettings.from_mapping(values)
-        settings = cls(**{k: v for k, v in values.items() if k in own}, proxy_settings=proxy)
-        if settings.proxy not in PROXIES:
-            raise NascliError(
-                f"strategy.proxy={settings.proxy!r}: choose one of {', '.join(PROXIES)}"
-            )
-        if min(settings.population_size, settings.iterations, settings.mutations) < 1:
-            raise NascliError("strategy.population_size, iterations and mutations must be ≥ 1")
-        return settings
+        proxy_names = frozenset(f.name for f in fields(ProxySettings))
+        own = check_fields(cls, values, "strategy", ignore=proxy_names | {"proxy_settings"})
+        own.pop("proxy_settings", None)
+        proxy = ProxySettings.from_mapping(values, "strategy")
+        return cls(**own, proxy_settings=proxy)
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
