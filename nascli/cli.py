@@ -23,7 +23,10 @@ app = typer.Typer(
     help="Hardware-aware neural architecture search (TuNAS, random search, Zen-NAS).\n\n"
     "Options of a command are Hydra overrides after its name, e.g. "
     "`nascli build space=mnv3 arch=... out=runs/x`; `--cfg job` prints the composed config, "
-    "`-m` sweeps.",
+    "`-m` sweeps.\n\n"
+    "Exit codes: 0 done · 2 usage (a bad value, an unknown option or key, checked before any "
+    "work) · 3 training diverged · 4 some random-baseline candidates failed · 128+N "
+    "interrupted by signal N (rerun with the same out= to resume).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
