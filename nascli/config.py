@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nascli.errors import NascliError
+from nascli.files import RunLock
 from nascli.settings import check_fields, option
 from nascli.space.network import STRIDE_POLICIES, NetworkSettings
 from nascli.train.distributed import close_process_group, shared_timestamp, world_size
@@ -227,13 +228,22 @@ def run_hydra_job(
     """Compose the config `config_name` with `args` (Hydra's own command line), run `job`."""
 
     held = _HeldStderr(sys.stderr)
+    lock = RunLock(Path("."))
 
     @hydra.main(version_base=None, config_path="pkg://nascli.conf", config_name=config_name)
     def task(cfg: DictConfig) -> None:
         held.release()
         try:
             validate(cfg)
-            job(cfg)
+            own = write_run_dir and not lock.held and int(os.environ.get("RANK", "0")) == 0
+            if own:  # no plain out= given, or one job of a sweep
+                lock.directory = run_directory()
+                lock.acquire()
+            try:
+                job(cfg)
+            finally:
+                if own:
+                    lock.release()
         except NascliError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(error.exit_code)
@@ -256,6 +266,14 @@ def run_hydra_job(
     # Hydra's argparse wants options before the overrides; accept them in any order.
     if not any(o in INSPECTING for o in options):
         precheck(config_name, [f"hydra.job.name={command}", *overrides])
+        given = [a.split("=", 1)[1] for a in overrides if a.startswith("out=")]
+        plain = given and "${" not in given[-1]
+        if write_run_dir and plain and int(os.environ.get("RANK", "0")) == 0:
+            lock.directory = Path(given[-1]).expanduser()  # before Hydra writes into it
+            try:
+                lock.acquire()
+            except NascliError as error:
+                raise SystemExit(_usage(str(error))) from None
     saved = sys.argv, sys.stderr
     sys.argv = [f"nascli {command}", *options, *hydra_args, *overrides]
     sys.stderr = held
@@ -271,6 +289,7 @@ def run_hydra_job(
     finally:
         sys.argv, sys.stderr = saved
         held.release()
+        lock.release()
         close_process_group()
 
 

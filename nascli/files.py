@@ -31,3 +31,48 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+class RunLock:
+    """An exclusive lock on a run directory (`.nascli.lock`, an OS file lock): a second command
+    on the same `out=` refuses instead of interleaving writes. The OS drops the lock when the
+    process ends, however it ends (SIGKILL included), so a killed run never leaves it stale."""
+
+    NAME = ".nascli.lock"
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._file: Any = None
+
+    def acquire(self) -> None:
+        import fcntl
+        import os
+
+        from nascli.errors import NascliError
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        handle = open(self.directory / self.NAME, "a+")  # noqa: SIM115 (held until release)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise NascliError(
+                f"{self.directory} is in use by another nascli command ({holder}); wait for it "
+                "to finish or choose another out="
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the lock; the file stays (harmless, reused)
+            self._file = None
