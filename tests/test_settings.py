@@ -60,6 +60,17 @@ def test_unknown_keys_are_named_with_what_the_group_takes():
         check_fields(Small, {"a": 2, "b": 1}, "g")
 
 
+@pytest.mark.parametrize("name", ["tunas", "random", "zen"])
+def test_a_strategys_yaml_and_its_settings_class_have_the_same_defaults(name):
+    """One source of truth: the YAML a user reads says what the class does without it."""
+    with initialize_config_module(config_module="nascli.conf", version_base=None):
+        values = OmegaConf.to_container(compose("search", [f"strategy={name}"]).strategy)
+    for schema in STRATEGY_SCHEMAS[name]:
+        for f in fields(schema):
+            if f.name in values:
+                assert values[f.name] == f.default, (name, f.name, values[f.name], f.default)
+
+
 # ---------------------------------------------------------------- the fuzz
 
 STRATEGY_SCHEMAS = {

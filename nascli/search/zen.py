@@ -43,8 +43,9 @@ class ZenSettings:
 
     name: str = option("zen", choices=("zen",))
     proxy: str = option("zen", choices=PROXIES)
-    population_size: int = option(512, ge=1, le=1_000_000)
-    iterations: int = option(480_000, ge=1, le=10**9)
+    # nascli's CPU-sized defaults (conf/strategy/zen.yaml); the paper's: zen_full.yaml
+    population_size: int = option(64, ge=1, le=1_000_000)
+    iterations: int = option(1500, ge=1, le=10**9)
     #: smallest (every decision at its cheapest option: skips taken, smallest kernel, width
     #: and expansion, no SE) | random (uniform draws until one fits the budgets) | an
     #: architecture (indices, reference name, arch.json or run dir).
@@ -55,8 +56,8 @@ class ZenSettings:
     max_params: float | None = option(None, gt=0)
     max_macs: float | None = option(None, gt=0)
     max_peak_memory: float | None = option(None, gt=0)  # bytes
-    log_every: int = option(100, ge=1, le=10**9)
-    checkpoint_every: int = option(500, ge=0)
+    log_every: int = option(10, ge=1, le=10**9)
+    checkpoint_every: int = option(100, ge=0)
     proxy_settings: ProxySettings = field(default_factory=ProxySettings)
 
     @classmethod
