@@ -116,7 +116,8 @@ def run(cfg: DictConfig) -> None:
             progress.update(task, advance=1)
             if requested.signum:  # scores take seconds: nothing worth resuming
                 raise NascliError(
-                    f"interrupted after {len(rows)} of {len(frame)} architectures", exit_code=130
+                    f"interrupted after {len(rows)} of {len(frame)} architectures",
+                    exit_code=128 + requested.signum,
                 )
     scores = pd.DataFrame(rows)
     stats = pd.DataFrame(
