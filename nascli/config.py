@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from nascli.cost.lut import MIN_CALIBRATION
 from nascli.errors import NascliError
 from nascli.files import RunLock
 from nascli.settings import check_fields, option
@@ -103,8 +104,10 @@ class CostConfig:
     channels_last: bool = option(False)
     # steady: malloc keeps freed memory (see cost/timing.py) | default
     allocator: str = option("steady", choices=("steady", "default"))
-    calibrate: int = option(50, ge=0, le=100_000)  # profile-latency: archs the correction fits
-    validate: int = option(50, ge=1, le=100_000)  # profile-latency: archs the LUT is checked on
+    # profile-latency: end-to-end archs the correction is fitted on, and other archs the LUT is
+    # validated on
+    calibrate: int = option(50, ge=MIN_CALIBRATION, le=100_000)
+    validate: int = option(50, ge=2, le=100_000)
     rounds: int = option(10, ge=1, le=10_000)  # profile-latency: end-to-end rounds over the archs
     in_network: bool = option(True)  # profile-latency: layers timed inside a network
     probe_every: int = option(64, ge=0)  # profile-latency: layers between drift probes (0: none)

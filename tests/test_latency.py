@@ -597,10 +597,10 @@ def test_lut_layers_time_with_the_onnxruntime_backend():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("cost.calibrate=4", "cost.calibrate=4: must be at least 5"),
-        ("cost.rounds=0", "cost.rounds=0: must be at least 1"),
-        ("cost.probe_every=-1", "cost.probe_every=-1: must be at least 0"),
-        ("cost.allocator=tcmalloc", "choose steady, default"),
+        ("cost.calibrate=4", "cost.calibrate=4: expected ≥ 5"),
+        ("cost.rounds=0", "cost.rounds=0: expected ≥ 1"),
+        ("cost.probe_every=-1", "cost.probe_every=-1: expected ≥ 0"),
+        ("cost.allocator=tcmalloc", "cost.allocator='tcmalloc': expected one of steady, default"),
     ],
 )
 def test_bad_table_settings_are_refused_before_any_timing(run_cli, tmp_path, override, message):

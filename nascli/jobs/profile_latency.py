@@ -19,7 +19,6 @@ from nascli.config import network_settings, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.cost.lut import (
     FEATURES,
-    MIN_CALIBRATION,
     LookupTable,
     Timed,
     accuracy,
@@ -119,14 +118,6 @@ def describe_correction(fit: dict[str, float]) -> str:
     return f"{text} {fit['offset']:+.3f} ms"
 
 
-def check_table_settings(cost: DictConfig) -> None:
-    """Refuse, before any timing, what would only fail after the layers were measured."""
-    bounds = (("calibrate", MIN_CALIBRATION), ("validate", 2), ("rounds", 1), ("probe_every", 0))
-    for name, least in bounds:
-        if cost[name] < least:
-            raise NascliError(f"cost.{name}={cost[name]}: must be at least {least}")
-
-
 def choose_and_validate(
     frame: pd.DataFrame, sums: str
 ) -> tuple[str, dict[str, dict[str, float]], dict[str, dict[str, float]]]:
@@ -174,7 +165,6 @@ def in_network_rows(
 
 
 def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path) -> None:
-    check_table_settings(cfg.cost)
     space = get_space(cfg.space.name)
     settings = network_settings(cfg)
     identity = lut_identity(space, settings, protocol)
