@@ -4,13 +4,15 @@ For each target and seed: run `nascli search` (TuNAS) and count its compute in
 training-image equivalents (train images + reward images / 3: a forward pass costs about a
 third of a training step). The random baseline gets as many candidates as that budget buys with
 its recipe; the Zen-NAS evolution as many iterations (two forward passes of its batch each).
-Every winner is then retrained from scratch with one recipe (`train=cpu_quick`, the same seed)
-and scored on the test split. Per target the table gives mean ± std over seeds and Welch's
+Every winner is then retrained from scratch with one recipe (`train=cpu_quick` for
+--retrain-epochs epochs, --retrain-seeds times) and scored on the test split: its score is the
+mean over those retrainings. Per target the table gives mean ± std over seeds and Welch's
 t-test of each strategy against random (two-sided). Every command resumes, so rerunning the
 script after an interruption continues where it stopped.
 
     python scripts/scorecard.py [--space proxylessnas] [--targets 84 40] [--seeds 0 1 2]
-        [--strategies tunas random zen] [--retrain-epochs 10] [--out runs/scorecard]
+        [--strategies tunas random zen] [--retrain-epochs 10] [--retrain-seeds 1]
+        [--out runs/scorecard]
         [-- extra overrides for every command, e.g. data=cifar10 data.root=~/data]
 """
 
@@ -94,7 +96,7 @@ def search_seed(
     seed: int,
     names: list[str],
     costs: tuple[float, float],
-    retrain_epochs: int,
+    retrain: tuple[int, int],
 ) -> list[dict[str, Any]]:
     """Search with every strategy at one target and seed at TuNAS's compute; retrain winners."""
     per_candidate, per_iteration = costs
@@ -119,14 +121,20 @@ def search_seed(
     rows = []
     for name, (directory, spent) in runs.items():
         found = summary(directory)
-        retrained = out / f"retrain_{name}/{seed}"
-        nascli("retrain", *common, f"arch={directory}", f"seed={seed}",
-               f"train.epochs={retrain_epochs}", f"out={retrained}")  # fmt: skip
-        trained = summary(retrained)
+        epochs, repeats = retrain
+        tests = []
+        for repeat in range(repeats):
+            again = seed + 1000 * repeat
+            retrained = out / f"retrain{epochs}_{name}/{seed}" / str(again)
+            nascli("retrain", *common, f"arch={directory}", f"seed={again}",
+                   f"train.epochs={epochs}", f"out={retrained}")  # fmt: skip
+            trained = summary(retrained)
+            tests.append(trained["test_top1"])
         rows.append({
             "target": target, "seed": seed, "strategy": name, "indices": found["indices"],
             "cost": found["cost"], "cost_units": found["cost_units"],
-            "test_top1": trained["test_top1"], "params": trained["params"],
+            "test_top1": statistics.mean(tests), "test_top1_each": tests,
+            "params": trained["params"],
             "budget": spent, "search_seconds": found["search_seconds"],
             "candidates": found.get("candidates") if name == "random" else None,
             "reward_top1_final": found.get("reward_top1_final"),
@@ -166,6 +174,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--retrain-epochs", type=int, default=10)
+    parser.add_argument("--retrain-seeds", type=int, default=1)
     parser.add_argument("--out", default="runs/scorecard")
     parser.add_argument("extra", nargs="*", help="overrides for every command (after --)")
     args = parser.parse_args()
@@ -175,19 +184,19 @@ def main() -> None:
     per_candidate, recipe = candidate_cost(common)
     per_iteration = zen_batch(common) * 2 / 3
     started = time.perf_counter()
-    results_path = out / "results.json"
+    results_path = out / f"results_retrain{args.retrain_epochs}x{args.retrain_seeds}.json"
     results: list[dict[str, Any]] = []
     for target in args.targets:
         for seed in args.seeds:
             where = out / f"{target:g}"
             costs = (per_candidate, per_iteration)
-            results += search_seed(
-                where, common, target, seed, args.strategies, costs, args.retrain_epochs
-            )
+            retrain = (args.retrain_epochs, args.retrain_seeds)
+            results += search_seed(where, common, target, seed, args.strategies, costs, retrain)
             results_path.parent.mkdir(parents=True, exist_ok=True)
             results_path.write_text(json.dumps(results, indent=2) + "\n")
     title = (
-        f"{args.space} · seeds {args.seeds} · retrain {args.retrain_epochs} epochs · random "
+        f"{args.space} · seeds {args.seeds} · retrain {args.retrain_epochs} epochs × "
+        f"{args.retrain_seeds} · random "
         f"candidates: {recipe['recipe']} ({recipe['epochs']} epochs, {per_candidate:,.0f} "
         "img-eq. each)"
     )
