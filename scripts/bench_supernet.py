@@ -70,6 +70,7 @@ VARIANTS = {
     "same_start,lr/3": [*SAME, "train.lr_per_256=0.033"],
     "same_start,lr*3": [*SAME, "train.lr_per_256=0.3"],
     "same_start,no_momentum": [*SAME, "train.momentum=0", "train.nesterov=false"],
+    "same_start+width": [*SAME, "strategy.zero_init_width=true"],
     "tunas,no_warmup": [
         *TUNAS,
         "strategy.op_warmup_fraction=0",

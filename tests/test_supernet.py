@@ -130,12 +130,14 @@ def test_op_warmup_mixes_branches_with_uniform_weights():
 SAME_START = SupernetInit(zero_residual=True, tied_kernels=True, zero_se=True)
 
 
-def _same_start_variants(space: SearchSpace, base: list[int]) -> list[tuple[str, list[int]]]:
-    """`base` with one kernel, skip or SE decision changed: the decisions the same start
-    makes irrelevant at initialisation (expansion and widths still change the function)."""
+def _same_start_variants(
+    space: SearchSpace, base: list[int], kinds=("kernel", "op", "se")
+) -> list[tuple[str, list[int]]]:
+    """`base` with one decision of `kinds` changed: the decisions the same start makes
+    irrelevant at initialisation (expansion and widths too with `zero_width`)."""
     variants = []
     for d in space.decisions:
-        if d.num_choices > 1 and d.path.rsplit(".", 1)[1] in ("kernel", "op", "se"):
+        if d.num_choices > 1 and d.path.rsplit(".", 1)[1] in kinds:
             other = list(base)
             other[d.position] = (base[d.position] + 1) % d.num_choices
             variants.append((d.path, other))
@@ -167,6 +169,39 @@ def test_with_the_same_start_kernel_skip_and_se_choices_start_as_one_function(sp
             torch.testing.assert_close(tied(x, Sample.of(other)), reference, msg=path)
             differs += not torch.allclose(plain(x, Sample.of(other)), plain_reference, atol=2e-2)
         assert differs > len(variants) // 2, path
+
+
+@pytest.mark.parametrize("space", SPACE_NAMES)
+def test_with_zero_width_every_expansion_and_width_also_starts_as_the_smallest(space, monkeypatch):
+    """`zero_width` extends the same start to the decisions that slice channels: channels
+    beyond each searched width's and expansion's smallest option start at zero, so a wider
+    child computes what the narrowest computes (the extra channels are zeros downstream)."""
+    monkeypatch.setattr("nascli.nn.supernet.BN_EPSILON", 1e-12)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    kinds = ("kernel", "op", "se", "expansion", "filters")
+    init = SupernetInit(zero_residual=True, tied_kernels=True, zero_se=True, zero_width=True)
+    for seed in (7, 8):
+        base = list(random_archs(space, 1, seed=seed)[0])
+        torch.manual_seed(0)
+        net = Supernet(SPACES[space], SETTINGS, init)
+        torch.manual_seed(0)
+        without = Supernet(SPACES[space], SETTINGS, SAME_START)
+        for model in (net, without):
+            nn.init.normal_(model.classifier.weight)
+        with torch.no_grad():
+            reference = net(x, Sample.of(base))
+            plain_reference = without(x, Sample.of(base))
+            variants = _same_start_variants(SPACES[space], base, kinds)
+            sliced = [v for v in variants if v[0].rsplit(".", 1)[1] in ("expansion", "filters")]
+            assert len(sliced) >= 10
+            differs = 0
+            for path, other in variants:  # summing over more (zero) channels rounds differently
+                output = net(x, Sample.of(other))
+                torch.testing.assert_close(output, reference, rtol=1e-4, atol=1e-4, msg=path)
+            for _path, other in sliced:  # those inside a skipped layer change nothing anyway
+                differs += not torch.allclose(without(x, Sample.of(other)), plain_reference,
+                                              atol=2e-2)  # fmt: skip
+            assert differs >= 3, differs
 
 
 def test_tied_kernels_keep_their_own_weights_and_the_smaller_kernel_at_the_centre():

@@ -68,6 +68,10 @@ class SupernetInit:
     zero_residual: bool = False  # γ = 0 in the last BN of every residual (skippable) branch
     tied_kernels: bool = False  # every kernel size starts as the smallest, zero-padded
     zero_se: bool = False  # SE's expand conv (weight and bias) starts at 0: a constant ½ gate
+    #: channels beyond a searched width's (and expansion's) smallest option start at 0 (γ = 0
+    #: in the BN that ends them, or a zero conv where no BN follows), so every width and
+    #: expansion choice starts as the smallest one
+    zero_width: bool = False
 
 
 @dataclass
@@ -209,7 +213,11 @@ class SuperSE(nn.Module):
 
 
 class Layer(nn.Module):
-    """Base of the super layers: forward(x, width of this block, sample, trace)."""
+    """Base of the super layers: forward(x, width of this block, sample, trace). `min_in` and
+    `min_out` are the smallest widths its input and output can have (set by the builder)."""
+
+    min_in: int = 0
+    min_out: int = 0
 
     def forward(self, x, width: int, s: Sample, trace: Trace) -> torch.Tensor:
         raise NotImplementedError
@@ -321,6 +329,8 @@ class _Builder:
         self.positions = iter(range(space.num_decisions))
         self.drop = strides_to_drop(space, settings)
         self.channels = settings.in_channels  # the largest width the next layer can receive
+        self.min_channels = settings.in_channels  # and the smallest
+        self.min_width = settings.in_channels  # the smallest width of the block being built
         self.resolution = settings.resolution
 
     def stride(self, stride: int) -> int:
@@ -334,6 +344,7 @@ class _Builder:
         # weights need the largest width first: read it from the node itself.
         filters = block.filters.choices if isinstance(block.filters, OneOf) else (block.filters,)
         max_width = max(scale_filters(f, self.settings.width_multiplier) for f in filters)
+        self.min_width = min(scale_filters(f, self.settings.width_multiplier) for f in filters)
         layers: list[Layer] = []
         for entry in block.layers:
             layer = self.layer(entry, max_width)
@@ -362,7 +373,9 @@ class _Builder:
         layer = kinds[type(entry)](
             entry, self.positions, self.channels, max_width, stride, self.resolution
         )
+        layer.min_in, layer.min_out = self.min_channels, self.min_width
         self.channels, self.resolution = max_width, math.ceil(self.resolution / stride)
+        self.min_channels = self.min_width
         return layer
 
 
@@ -409,6 +422,11 @@ class Supernet(nn.Module):
             elif init.zero_se and isinstance(module, SuperSE):
                 module.expand.zero_()
                 module.expand_bias.zero_()
+        if init.zero_width:  # after the kernels are tied: every kernel's extra channels
+            for module in self.modules():
+                if isinstance(module, Layer):
+                    for end, start in _width_ends(module):
+                        _zero_channels(end, start)
 
     def forward(self, x: torch.Tensor, sample: Sample) -> torch.Tensor:
         self.trace = trace = Trace()
@@ -448,6 +466,27 @@ def _last_bn(layer: nn.Module) -> SuperBN | None:
     if isinstance(layer, SuperSepConv):
         return layer.pointwise.bn
     return None
+
+
+def _width_ends(layer: Layer) -> list[tuple[ConvBN, int]]:
+    """The ConvBNs whose output width a decision chooses, each with its smallest width."""
+    if isinstance(layer, SuperIBN):
+        smallest_mid = scale_filters(layer.min_in, min(layer.expansion.options))
+        return [(layer.expand, smallest_mid), (layer.project, layer.min_out)]
+    if isinstance(layer, SuperSepConv):
+        return [(layer.pointwise, layer.min_out)]
+    if isinstance(layer, SuperStemConv):
+        return [(conv, layer.min_out) for conv in layer.convs.convs]
+    return []
+
+
+def _zero_channels(end: ConvBN, start: int) -> None:
+    """Output channels from `start` on produce 0: γ = 0 (β is 0), or a zero conv without BN."""
+    if end.bn is not None:
+        end.bn.weight[start:] = 0
+    else:
+        end.conv.weight[start:] = 0
+        end.conv.bias[start:] = 0
 
 
 def _init_conv(weight: torch.Tensor, depthwise: bool) -> None:

@@ -72,6 +72,7 @@ class TunasSettings:
     zero_init_residual: bool = option(False)
     tied_kernels: bool = option(False)
     zero_init_se: bool = option(False)
+    zero_init_width: bool = option(False)  # channels beyond a width's smallest option start at 0
     # The result: argmax of every decision (TuNAS §8) | likeliest_in_window: the likeliest
     # architecture under the final policy whose cost is within target·(1 ± final_window).
     final_selection: str = option("argmax", choices=FINAL_SELECTIONS)
@@ -95,7 +96,9 @@ class TunasSettings:
 
     @property
     def supernet_init(self) -> SupernetInit:
-        return SupernetInit(self.zero_init_residual, self.tied_kernels, self.zero_init_se)
+        return SupernetInit(
+            self.zero_init_residual, self.tied_kernels, self.zero_init_se, self.zero_init_width
+        )
 
 
 @dataclass
