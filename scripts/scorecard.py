@@ -75,9 +75,11 @@ def zen_budget(found: dict) -> float:
 
 
 def mean_std(values: list[float], digits: int = 4) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}g}"
-    return f"{statistics.mean(values):.{digits}g} ± {statistics.stdev(values):.2g}"
+    mean = statistics.mean(values)
+    std = statistics.stdev(values) if len(values) > 1 else None
+    if abs(mean) >= 1000:  # image counts and budgets
+        return f"{mean:,.0f}" + ("" if std is None else f" ± {std:,.0f}")
+    return f"{mean:.{digits}g}" + ("" if std is None else f" ± {std:.2g}")
 
 
 def welch_p(a: list[float], b: list[float]) -> float | None:
