@@ -266,7 +266,6 @@ def run_hydra_job(
             "hydra/job_logging=none",
             "hydra/hydra_logging=none",
         ]
-    # Hydra's argparse wants options before the overrides; accept them in any order.
     if not any(o in INSPECTING for o in options):
         precheck(config_name, [f"hydra.job.name={command}", *overrides])
         given = [a.split("=", 1)[1] for a in overrides if a.startswith("out=")]
@@ -278,6 +277,7 @@ def run_hydra_job(
             except NascliError as error:
                 raise SystemExit(_usage(str(error))) from None
     saved = sys.argv, sys.stderr
+    # Hydra's argparse wants options before the overrides; accept them in any order.
     sys.argv = [f"nascli {command}", *options, *hydra_args, *overrides]
     sys.stderr = held
     try:
