@@ -61,18 +61,11 @@ class Rule:
         )
 
 
-def option(default: Any = MISSING, *, factory: Any = MISSING, **rule: Any) -> Any:
+def option(default: Any = MISSING, **rule: Any) -> Any:
     """A dataclass field with its rule (keywords of `Rule`)."""
     if "choices" in rule:
         rule["choices"] = tuple(rule["choices"])
-    metadata = {"rule": Rule(**rule)}
-    if factory is not MISSING:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def rule_of(cls: type, name: str) -> Rule:
-    return next(f for f in fields(cls) if f.name == name).metadata.get("rule", Rule())
+    return field(default=default, metadata={"rule": Rule(**rule)})
 
 
 def _kinds(annotation: Any) -> tuple[set[type], bool]:
