@@ -16,7 +16,7 @@ def layers_by_name(space, indices, **settings):
 
 
 def test_expansion_is_relative_to_the_sampled_input_width():
-    """tunas.md §11.3: the expanded width is scale(actual input width, ratio)."""
+    """As TuNAS's code: the expanded width is scale(actual input width, ratio)."""
     space = SPACES["proxylessnas_enlarged"]
     for b2_width in (16, 24, 32):
         indices = encode_values(

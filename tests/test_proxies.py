@@ -85,10 +85,11 @@ def test_zen_score_reinitialises_every_repeat_and_is_fixed_by_the_seed():
 
 
 def test_reference_bn_term_penalises_every_bn_layer():
-    """zennas.md §1: running_var = 0.81 + 0.19·v against the paper's v, so each BN layer with
-    pre-BN variance v > 1 loses 0.5·ln((0.81 + 0.19v)/v), between 0 and 0.5·ln(0.19) ≈ −0.83
-    (the limit of wide convs). With N(0,1) weights every v here is ≥ 4 (a depthwise 3×3 on
-    BN+ReLU output gives ≈ 4.5, so MobileNets lose less than the −0.83 of wide ResNets)."""
+    """Zen-NAS code (`compute_zen_score.py`): running_var = 0.81 + 0.19·v against the paper's v, so
+    each BN layer with pre-BN variance v > 1 loses 0.5·ln((0.81 + 0.19v)/v), between 0 and
+    0.5·ln(0.19) ≈ −0.83 (the limit of wide convs). With N(0,1) weights every v here is ≥ 4 (a
+    depthwise 3×3 on BN+ReLU output gives ≈ 4.5, so MobileNets lose less than the −0.83 of wide
+    ResNets)."""
     net = small_scorable("proxylessnas", seed=3)
     paper = zen_score(net.features, net.input_shape, ProxySettings(batch_size=8), generator(0))
     reference = zen_score(

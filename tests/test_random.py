@@ -1,5 +1,5 @@
 """The latency-matched random baseline: rejection to a cost window, bounded attempts, resume,
-failed candidates reported (tunas.md §8, §11.13)."""
+failed candidates reported (TuNAS code: `tools/sample_random_architectures.py`)."""
 
 import json
 

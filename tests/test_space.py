@@ -69,7 +69,7 @@ def test_references_lie_only_in_spaces_that_contain_them():
 
 
 def test_index_order_children_before_parents():
-    """tunas.md §11.9: kernel, expansion, then the layer's op node; the block's filters after
+    """TuNAS's indices order: kernel, expansion, then the layer's op node; the block's filters after
     its layers; single-choice nodes included; Zero is the last op choice."""
     paths = [d.path for d in SPACES["proxylessnas_enlarged"].decisions]
     assert paths[:3] == ["stem.filters", "b1.0.kernel", "b1.filters"]

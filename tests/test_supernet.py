@@ -1,6 +1,6 @@
-"""The weight-shared supernet (tunas.md §2): the sampled child equals the extracted standalone
-model, unexecuted branches get no gradient, weight decay sees only active slices, warmup mixing
-averages branches."""
+"""The weight-shared supernet (TuNAS code: `mobile_search_space_v3.py` and `layers.py`): the sampled
+child equals the extracted standalone model, unexecuted branches get no gradient, weight decay sees
+only active slices, warmup mixing averages branches."""
 
 import pytest
 import torch

@@ -1,4 +1,5 @@
-"""Zero-shot proxies: score a network at initialisation, without training (zennas.md §1–§2).
+"""Zero-shot proxies: score a network at initialisation, without training (Zen-NAS, Lin et al., ICCV
+2021, and its code's `ZeroShotProxy/`).
 
 One interface for every proxy: `score(name, net, settings, generator) -> float`, bigger is
 better. `net` is a `Scorable`: any `nn.Module` mapping images to logits, its pre-GAP feature
@@ -50,7 +51,7 @@ ACTIVATIONS = (
 )  # fmt: skip
 
 #: The reference's BN momentum; with it, after two passes of a fresh model
-#: running_var = 0.81 + 0.09·v_clean + 0.1·v_perturbed (zennas.md §1).
+#: running_var = 0.81 + 0.09·v_clean + 0.1·v_perturbed (Zen-NAS code: `compute_zen_score.py`).
 REFERENCE_BN_MOMENTUM = 0.1
 
 

@@ -1,6 +1,7 @@
-"""The latency-matched random baseline (tunas.md §8, §11.13): architectures drawn uniformly per
-decision (TuNAS's sampler with all-zero logits), kept only if their cost lies in a window around
-the target, then each trained with the same short recipe and compared on `valid`."""
+"""The latency-matched random baseline (TuNAS code: `tools/sample_random_architectures.py`):
+architectures drawn uniformly per decision (TuNAS's sampler with all-zero logits), kept only if
+their cost lies in a window around the target, then each trained with the same short recipe and
+compared on `valid`."""
 
 from __future__ import annotations
 

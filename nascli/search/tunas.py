@@ -1,5 +1,6 @@
-"""One TuNAS search step and its state (tunas.md §3): sample K architectures, update the shared
-weights on the train batch, score each child on a held-out valid batch, update the policy.
+"""One TuNAS search step and its state (TuNAS code: `mobile_architecture_search.py`): sample K
+architectures, update the shared weights on the train batch, score each child on a held-out valid
+batch, update the policy.
 
 K = `archs_per_rank` × ranks architectures per step (TuNAS: one per replica, 32 per 4096
 images). The global train batch is split evenly over them; each architecture's valid batch is

@@ -1,4 +1,4 @@
-"""Zero-shot evolutionary search (Zen-NAS's `evolution_search.py`, zennas.md §3), over a nascli
+"""Zero-shot evolutionary search (Zen-NAS's `evolution_search.py`), over a nascli
 search space's own decisions.
 
 Each iteration, as the reference: trim the population to its size by deleting the lowest

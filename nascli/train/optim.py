@@ -1,8 +1,9 @@
 """Optimisers and the learning-rate schedule.
 
 `RMSpropTF` follows TensorFlow 1's RMSProp, which TuNAS's peak learning rate of 2.64 depends on
-(tunas.md §11.1): the mean square starts at 1, ε sits inside the square root, and the learning
-rate is applied inside the momentum buffer. PyTorch's `torch.optim.RMSprop` differs on all three.
+(TuNAS code: `mobile_train_eval.py` with TF 1's `RMSPropOptimizer`): the mean square starts at 1, ε
+sits inside the square root, and the learning rate is applied inside the momentum buffer. PyTorch's
+`torch.optim.RMSprop` differs on all three.
 """
 
 from __future__ import annotations
