@@ -232,13 +232,16 @@ def run_hydra_job(
 
     held = _HeldStderr(sys.stderr)
     lock = RunLock(Path("."))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    checked = False  # validated by `precheck` before Hydra started (not under -m, --cfg, ...)
 
     @hydra.main(version_base=None, config_path="pkg://nascli.conf", config_name=config_name)
     def task(cfg: DictConfig) -> None:
         held.release()
         try:
-            validate(cfg)
-            own = write_run_dir and not lock.held and int(os.environ.get("RANK", "0")) == 0
+            if not checked:
+                validate(cfg)
+            own = write_run_dir and not lock.held and rank0
             if own:  # no plain out= given, or one job of a sweep
                 lock.directory = run_directory()
                 lock.acquire()
@@ -257,7 +260,7 @@ def run_hydra_job(
     if world_size() > 1:  # under torchrun: one run directory, written by rank 0 only
         if not any(a.startswith("out=") for a in overrides):
             overrides.insert(0, f"out=runs/{command}/{shared_timestamp()}")
-        if write_run_dir and int(os.environ.get("RANK", "0")) != 0:
+        if write_run_dir and not rank0:
             hydra_args += ["hydra.output_subdir=null", "hydra/job_logging=none"]
     if not write_run_dir:  # commands that only print: no run directory, no log file
         hydra_args += [
@@ -268,9 +271,10 @@ def run_hydra_job(
         ]
     if not any(o in INSPECTING for o in options):
         precheck(config_name, [f"hydra.job.name={command}", *overrides])
+        checked = True
         given = [a.split("=", 1)[1] for a in overrides if a.startswith("out=")]
         plain = given and "${" not in given[-1]
-        if write_run_dir and plain and int(os.environ.get("RANK", "0")) == 0:
+        if write_run_dir and plain and rank0:
             lock.directory = Path(given[-1]).expanduser()  # before Hydra writes into it
             try:
                 lock.acquire()

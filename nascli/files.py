@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from nascli.errors import NascliError
 
 
 @contextmanager
@@ -45,11 +49,6 @@ class RunLock:
         self._file: Any = None
 
     def acquire(self) -> None:
-        import fcntl
-        import os
-
-        from nascli.errors import NascliError
-
         self.directory.mkdir(parents=True, exist_ok=True)
         handle = open(self.directory / self.NAME, "a+")  # noqa: SIM115 (held until release)
         try:

@@ -64,8 +64,7 @@ class ZenSettings:
     def from_config(cls, cfg: Any) -> ZenSettings:
         values = dict(cfg)
         proxy_names = frozenset(f.name for f in fields(ProxySettings))
-        own = check_fields(cls, values, "strategy", ignore=proxy_names | {"proxy_settings"})
-        own.pop("proxy_settings", None)
+        own = check_fields(cls, values, "strategy", ignore=proxy_names)
         proxy = ProxySettings.from_mapping(values, "strategy")
         return cls(**own, proxy_settings=proxy)
 
