@@ -137,20 +137,21 @@ class LookupTable:
     def layer_sum(self, network: Network, inside: bool = True) -> float:
         """The network's layers' entries summed, each mapped by its group's in-network line
         (never below zero) unless `inside=False`."""
-        total = 0.0
-        for layer in network.layers:
-            key = layer_key(layer)
-            if key not in self.entries:
-                raise NascliError(
-                    f"layer {layer.name} ({key}) is not in the latency table; rebuild it with "
-                    "`nascli profile-latency` for these settings"
-                )
-            ms = self.entries[key]
-            if inside and self.in_network:
-                line = self.in_network.get(layer_group(layer), self.in_network[POOLED])
-                ms = max(line[0] * ms + line[1], 0.0)
-            total += ms
-        return total
+        return sum(self.layer_ms(layer, inside) for layer in network.layers)
+
+    def layer_ms(self, layer: LayerArgs, inside: bool = True) -> float:
+        """One layer's entry, mapped by its group's in-network line unless `inside=False`."""
+        key = layer_key(layer)
+        if key not in self.entries:
+            raise NascliError(
+                f"layer {layer.name} ({key}) is not in the latency table; rebuild it with "
+                "`nascli profile-latency` for these settings"
+            )
+        ms = self.entries[key]
+        if inside and self.in_network:
+            line = self.in_network.get(layer_group(layer), self.in_network[POOLED])
+            ms = max(line[0] * ms + line[1], 0.0)
+        return ms
 
     def predict(self, network: Network) -> float:
         """Predicted end-to-end latency in milliseconds."""

@@ -7,26 +7,28 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nascli.cost.analytic import network_cost
-from nascli.cost.lut import LookupTable, settings_meta
+from nascli.cost.analytic import layer_cost
+from nascli.cost.compiled import CompiledCost, LayerValue
+from nascli.cost.lut import NO_CORRECTION, LookupTable, settings_meta
 from nascli.cost.pixel1 import Pixel1Model
 from nascli.cost.timing import Protocol, Timing, measure, protocol_from_config
 from nascli.errors import NascliError
 from nascli.nn.builder import build_model
-from nascli.space.network import Network, NetworkSettings, decode
+from nascli.space.network import LayerArgs, Network, NetworkSettings, decode
 from nascli.space.spaces import SearchSpace
 
 ANALYTIC_UNITS = {"macs": "MACs", "params": "params", "peak_memory": "bytes"}
-ANALYTIC_FIELDS = {"macs": "macs", "params": "params", "peak_memory": "peak_memory_bytes"}
 
 
 class CostModel(ABC):
@@ -57,14 +59,39 @@ class PerArchitecture(CostModel):
     def network_cost(self, indices: tuple[int, ...]) -> float: ...
 
 
-class AnalyticCost(PerArchitecture):
+class Compiled(CostModel):
+    """A cost compiled into per-layer tables (`nascli.cost.compiled`): a batch is a gather and a
+    sum (a max for peak memory); additive costs also have `expected(probabilities)`."""
+
+    compiled: CompiledCost
+
+    def __call__(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.compiled(indices)
+
+    def expected(self, probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
+        """E[cost] under independent categoricals, one probability vector per decision."""
+        return self.compiled.expected(probabilities)
+
+
+def _analytic_value(metric: str, bytes_per_element: int = 4) -> LayerValue:
+    if metric == "peak_memory":
+        return lambda layers: max(
+            (layer_cost(layer).peak_elements * bytes_per_element for layer in layers), default=0
+        )
+    return lambda layers: sum(getattr(layer_cost(layer), metric) for layer in layers)
+
+
+@functools.cache
+def compiled_analytic(space: SearchSpace, settings: NetworkSettings, metric: str) -> CompiledCost:
+    reduce = "max" if metric == "peak_memory" else "sum"
+    return CompiledCost.of_layers(space, settings, _analytic_value(metric), reduce)
+
+
+class AnalyticCost(Compiled):
     def __init__(self, space: SearchSpace, settings: NetworkSettings, metric: str):
         super().__init__(space, settings)
         self.name, self.units = metric, ANALYTIC_UNITS[metric]
-        self.field = ANALYTIC_FIELDS[metric]
-
-    def network_cost(self, indices: tuple[int, ...]) -> float:
-        return float(getattr(network_cost(decode(self.space, indices, self.settings)), self.field))
+        self.compiled = compiled_analytic(space, settings, metric)
 
 
 class Pixel1Cost(CostModel):
@@ -79,16 +106,31 @@ class Pixel1Cost(CostModel):
     def __call__(self, indices: torch.Tensor) -> torch.Tensor:
         return self.model(indices.long()).double()
 
+    def expected(self, probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
+        """E[ms] under independent categoricals (float64; the batched path stays float32)."""
+        return self.model.compiled.expected(probabilities)
 
-class LutCost(PerArchitecture):
+
+class LutCost(Compiled):
+    """`LookupTable.predict` compiled: each layer's mapped entry and its share of the
+    correction's per-layer and per-weight terms; the correction's offset once."""
+
     name, units = "lut", "ms"
 
     def __init__(self, space: SearchSpace, settings: NetworkSettings, table: LookupTable):
         super().__init__(space, settings)
         self.table = table
+        c = {**NO_CORRECTION, **table.correction}
 
-    def network_cost(self, indices: tuple[int, ...]) -> float:
-        return self.table.predict(decode(self.space, indices, self.settings))
+        def value(layers: Sequence[LayerArgs]) -> float:
+            return sum(
+                c["scale"] * table.layer_ms(layer)
+                + c["per_layer"]
+                + c["per_mparam"] * layer_cost(layer).params / 1e6
+                for layer in layers
+            )
+
+        self.compiled = CompiledCost.of_layers(space, settings, value, offset=c["offset"])
 
 
 class MeasuredCost(PerArchitecture):

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from typing import Any
 
 import numpy as np
 import torch
 
+from nascli.cost.compiled import CompiledCost, Term
 from nascli.errors import NascliError
 from nascli.space.schema import Block, OneOf, Residual
 from nascli.space.spaces import SearchSpace
@@ -35,6 +37,7 @@ HotIndex = Callable[[torch.Tensor], torch.Tensor]
 class OpFeatures:
     length: int
     hot: HotIndex
+    positions: tuple[int, ...] = ()  # the decisions `hot` reads
 
 
 def _constant(indices: torch.Tensor) -> torch.Tensor:
@@ -53,7 +56,8 @@ def op_features(node: Any, positions: Iterator[int]) -> OpFeatures:
             each = torch.stack([s + o.hot(indices) for s, o in zip(starts, options, strict=True)])
             return each.gather(0, indices[:, position].unsqueeze(0)).squeeze(0)
 
-        return OpFeatures(sum(o.length for o in options), hot)
+        used = tuple(sorted({p for o in options for p in o.positions} | {position}))
+        return OpFeatures(sum(o.length for o in options), hot, used)
     if isinstance(node, Residual):
         return op_features(node.layer, positions)
     if dataclasses.is_dataclass(node):
@@ -68,7 +72,8 @@ def op_features(node: Any, positions: Iterator[int]) -> OpFeatures:
                 index = index * f.length + f.hot(indices)
             return index
 
-        return OpFeatures(int(np.prod([f.length for f in fields])), hot_kron)
+        used = tuple(sorted({p for f in fields for p in f.positions}))
+        return OpFeatures(int(np.prod([f.length for f in fields])), hot_kron, used)
     return OpFeatures(1, _constant)  # ints, strings, bools
 
 
@@ -160,3 +165,22 @@ class Pixel1Model:
     def __call__(self, indices: torch.Tensor) -> torch.Tensor:
         """Milliseconds, float32 as in TuNAS, for a (B, D) long tensor of indices."""
         return self.kernel[self.hot_features(indices)].sum(dim=1) + self.bias
+
+    @cached_property
+    def compiled(self) -> CompiledCost:
+        """The same model as terms over the decisions each piece reads (float64), for
+        `expected`."""
+        sizes = [d.num_choices for d in self.space.decisions]
+        terms = []
+        for piece in self.pieces:
+            read = (*piece.op.positions, piece.out_position, piece.in_position)
+            positions = tuple(dict.fromkeys(p for p in read if p is not None))
+            shape = tuple(sizes[p] for p in positions)
+            combos = torch.tensor(list(itertools.product(*(range(n) for n in shape))))
+            indices = torch.zeros(len(combos), len(sizes), dtype=torch.long)
+            indices[:, list(positions)] = combos
+            o = indices[:, piece.out_position]
+            i = indices[:, piece.in_position] if piece.in_position is not None else 0
+            hot = piece.offset + (o * piece.n_in + i) * piece.op.length + piece.op.hot(indices)
+            terms.append(Term(positions, shape, self.kernel[hot].double()))
+        return CompiledCost(len(sizes), terms, offset=self.bias)

@@ -151,6 +151,9 @@ class _Decoder:
         self.channels, self.resolution = out_channels, out_resolution
         return args
 
+    def classifier(self) -> LayerArgs:
+        return self.emit("classifier", "linear", self.settings.num_classes, bn=False)
+
     def block(self, block: Block) -> None:
         width = scale_filters(block.filters, self.settings.width_multiplier)
         for i, layer in enumerate(block.layers):
@@ -196,5 +199,5 @@ def decode(space: SearchSpace, indices: tuple[int, ...], settings: NetworkSettin
     decoder = _Decoder(settings, strides_to_drop(space, settings))
     for block in resolved:
         decoder.block(block)
-    decoder.emit("classifier", "linear", settings.num_classes, bn=False)
+    decoder.classifier()
     return Network(space.name, tuple(indices), settings, tuple(decoder.layers))
