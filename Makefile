@@ -13,7 +13,7 @@ STAMP := $(VENV)/.nascli-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,export]"
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install nascli with its test tools

@@ -11,3 +11,13 @@ class NascliError(Exception):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
+
+
+def missing_extra(extra: str, *modules: str) -> str | None:
+    """None when every module of an optional extra can be imported, else how to install it."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return f"{', '.join(missing)} not installed: pip install 'nascli[{extra}]'"

@@ -197,3 +197,36 @@ def test_retrain_bad_input_is_one_line_and_exit_2(run_cli, args, message):
     result = run_cli("retrain", *args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def hide_modules(monkeypatch, *names: str) -> None:
+    """Make `names` look uninstalled to the checks for optional extras."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in names else real(name, *a)
+    )
+
+
+def test_build_without_the_export_extra_writes_torchscript_and_says_how_to_get_onnx(
+    run_cli, tmp_path, monkeypatch
+):
+    hide_modules(monkeypatch, "onnxscript")
+    out = tmp_path / "b"
+    result = run_cli("build", f"arch={MOBILE}", "data=digits", "data.resolution=32", f"out={out}")
+    assert result.exit_code == 0, result.output
+    assert "model.onnx not written: onnxscript not installed: pip install 'nascli[export]'" in (
+        " ".join(result.output.split())
+    )
+    assert {p.name for p in out.iterdir()} >= {"model.pt", "arch.json"}
+    assert not (out / "model.onnx").exists()
+
+
+def test_timing_with_onnxruntime_missing_is_refused_in_one_line(run_cli, monkeypatch):
+    hide_modules(monkeypatch, "onnxruntime")
+    result = run_cli("profile-latency", "cost.backend=onnxruntime", f"arch={MOBILE}")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "error: cost.backend=onnxruntime: onnxruntime not installed: pip install 'nascli[export]'"
+    )

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nascli.errors import NascliError
+from nascli.errors import NascliError, missing_extra
 from nascli.report.machine import cpu_model
 
 BACKENDS = ("torch", "torchscript", "onnxruntime")
@@ -168,6 +168,8 @@ def protocol_from_config(cfg: Any, device: str) -> Protocol:
         raise NascliError(f"cost.backend={cfg.backend!r}: choose {', '.join(BACKENDS)}")
     if cfg.allocator not in ALLOCATORS:
         raise NascliError(f"cost.allocator={cfg.allocator!r}: choose {', '.join(ALLOCATORS)}")
+    if cfg.backend == "onnxruntime" and (missing := missing_extra("export", "onnxruntime", "onnx")):
+        raise NascliError(f"cost.backend=onnxruntime: {missing}")
     # Where malloc cannot be told to keep freed memory, say so in what is recorded.
     allocator = "steady" if cfg.allocator == "steady" and _mallopt() is not None else "default"
     return Protocol(

@@ -11,10 +11,10 @@ from rich.console import Console
 from nascli import __version__
 from nascli.config import network_settings, run_directory
 from nascli.cost.analytic import NetworkCost, network_cost
-from nascli.errors import NascliError
+from nascli.errors import NascliError, missing_extra
 from nascli.files import atomic_path, write_json
 from nascli.nn.builder import build_model
-from nascli.nn.export import export_onnx, export_torchscript
+from nascli.nn.export import ONNX_MODULES, export_onnx, export_torchscript
 from nascli.report.tables import human, layer_rows, layer_table
 from nascli.space.arch import Architecture, get_space, load_architecture, space_of
 from nascli.space.network import Network, decode
@@ -77,10 +77,16 @@ def run(cfg: DictConfig) -> None:
     out = run_directory()
     out.mkdir(parents=True, exist_ok=True)
     example = torch.randn(1, settings.in_channels, settings.resolution, settings.resolution)
-    with console.status("exporting TorchScript and ONNX"):
+    no_onnx = missing_extra("export", *ONNX_MODULES)
+    with console.status("exporting TorchScript" + ("" if no_onnx else " and ONNX")):
         with atomic_path(out / "model.pt") as path:
             export_torchscript(model, path)
-        with atomic_path(out / "model.onnx") as path:
-            export_onnx(model, example, path)
+        if not no_onnx:
+            with atomic_path(out / "model.onnx") as path:
+                export_onnx(model, example, path)
     write_json(out / "arch.json", arch_record(arch, network, cost))
-    console.print(f"wrote {out}/arch.json, model.pt (TorchScript), model.onnx")
+    if no_onnx:
+        console.print(f"model.onnx not written: {no_onnx}", markup=False)
+    console.print(
+        f"wrote {out}/arch.json, model.pt (TorchScript)" + ("" if no_onnx else ", model.onnx")
+    )

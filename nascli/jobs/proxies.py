@@ -29,7 +29,7 @@ from nascli.config import network_settings, run_directory
 from nascli.errors import NascliError
 from nascli.files import write_csv
 from nascli.report import plots
-from nascli.report.ranking import kendall_tau, spearman_rho
+from nascli.report.ranking import kendall, spearman
 from nascli.search.proxies import PROXIES, ProxySettings, scorable, score
 from nascli.space.arch import get_space, parse_indices
 from nascli.space.network import decode
@@ -120,18 +120,22 @@ def run(cfg: DictConfig) -> None:
                     exit_code=128 + requested.signum,
                 )
     scores = pd.DataFrame(rows)
-    stats = pd.DataFrame(
-        [
+    records = []
+    for name in names:
+        tau = kendall(scores[name], scores[options.accuracy])
+        rho = spearman(scores[name], scores[options.accuracy])
+        records.append(
             {
                 "proxy": name,
-                "kendall_tau": kendall_tau(scores[name], scores[options.accuracy]),
-                "spearman_rho": spearman_rho(scores[name], scores[options.accuracy]),
+                "kendall_tau": tau.statistic,
+                "kendall_p": tau.pvalue,
+                "spearman_rho": rho.statistic,
+                "spearman_p": rho.pvalue,
                 "n": len(scores),
                 "seconds_per_arch": seconds[name] / len(scores),
             }
-            for name in names
-        ]
-    )
+        )
+    stats = pd.DataFrame(records)
     write_csv(out / "proxies.csv", rows)
     write_csv(out / "correlations.csv", stats.to_dict("records"))
     (out / "plots").mkdir(exist_ok=True)
@@ -140,13 +144,13 @@ def run(cfg: DictConfig) -> None:
         title=f"rank correlation with {options.accuracy} ({len(scores)} architectures)",
         title_justify="left",
     )
-    for column in ("proxy", "Kendall τ", "Spearman ρ", "time/arch"):
+    for column in ("proxy", "Kendall τ (p)", "Spearman ρ (p)", "time/arch"):
         table.add_column(column, justify="right" if column != "proxy" else "left")
     for item in stats.itertuples():
         table.add_row(
             item.proxy,
-            f"{item.kendall_tau:+.3f}",
-            f"{item.spearman_rho:+.3f}",
+            f"{item.kendall_tau:+.3f} ({item.kendall_p:.2g})",
+            f"{item.spearman_rho:+.3f} ({item.spearman_p:.2g})",
             f"{item.seconds_per_arch * 1000:.0f} ms",
         )
     console.print(table)

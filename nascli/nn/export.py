@@ -21,6 +21,10 @@ def export_torchscript(model: nn.Module, path: Path) -> None:
         torch.jit.script(model.eval()).save(str(path))
 
 
+#: What ONNX export imports (the `export` extra); `onnxruntime` is only needed to time with it.
+ONNX_MODULES = ("onnx", "onnxscript")
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, quick: bool = False) -> None:
     """Export `model` (eval mode) to ONNX with a dynamic batch dimension.
 

@@ -1,4 +1,5 @@
-"""The weight-shared supernet of a search space (TuNAS §2), running only the sampled child.
+"""The weight-shared supernet of a search space, running only the sampled child (TuNAS's
+`tunas/rematlib/`).
 
 Built from the space's data with the same traversal as the indices, so every choice node knows
 its decision position. Weights are sized for the largest choice and *sliced* to the active
@@ -8,7 +9,7 @@ channels, which is the function of TuNAS's prefix masks at the child's cost:
   project convs, their BNs and the SE are shared across kernels and expansion ratios
   (operation collapsing); nothing is shared across layers;
 * expansion widths are relative to the *sampled* input width, `scale(in, ratio)`;
-* BN is stateless: batch statistics in every pass, no running averages (§0, §11.2);
+* BN is stateless: batch statistics in every pass, no running averages, as in TuNAS's search;
 * a skipped layer is an identity and costs nothing;
 * under op warmup a choice node may be *mixed*: all its branches run and are averaged with
   weight 1/n (a skip node gives x + ½·layer(x)); filter warmup simply samples the largest width.
@@ -22,7 +23,7 @@ gates by a constant ½, which the project BN after it normalises away. Each opti
 weights and grows apart from that common start as training sees it.
 
 `active_decay` lists the kernel slices the last forward pass used, so weight decay reaches only
-the active slices and branches (§2, §11.11). `extract(indices)` returns the standalone model of
+the active slices and branches, as TuNAS does. `extract(indices)` returns the standalone model of
 `nascli build` carrying the supernet's weights.
 """
 
@@ -63,7 +64,7 @@ _ACT = {
 
 @dataclass(frozen=True)
 class SupernetInit:
-    """How the shared weights start. All False: TuNAS's initialisers (§0) for every weight."""
+    """How the shared weights start. All False: TuNAS's initialisers for every weight."""
 
     zero_residual: bool = False  # γ = 0 in the last BN of every residual (skippable) branch
     tied_kernels: bool = False  # every kernel size starts as the smallest, zero-padded
@@ -175,7 +176,7 @@ class ConvBN(nn.Module):
 
 
 class KernelSwitch(nn.Module):
-    """One ConvBN per kernel size (no weight sharing between kernels, §11.10)."""
+    """One ConvBN per kernel size (no weight sharing between kernels, as in TuNAS)."""
 
     def __init__(self, choice: Choice, c_in, c_out, stride, resolution, depthwise, bn=True):
         super().__init__()

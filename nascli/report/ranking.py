@@ -1,28 +1,41 @@
-"""Rank correlations between a proxy's scores and measured accuracies."""
+"""Rank correlations between a proxy's scores and measured accuracies, with their p-values
+(scipy.stats: Kendall's τ-b and Spearman's ρ, two-sided)."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
+from scipy import stats
 
 
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's τ-b (ties in either variable handled); NaN when undefined."""
+class Correlation(NamedTuple):
+    statistic: float
+    pvalue: float
+
+
+def _undefined(x: np.ndarray, y: np.ndarray) -> bool:
+    return len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0])
+
+
+def _checked(function, x: Sequence[float], y: Sequence[float]) -> Correlation:
     a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    upper = np.triu_indices(len(a), 1)
-    dx = np.sign(a[:, None] - a[None, :])[upper]
-    dy = np.sign(b[:, None] - b[None, :])[upper]
-    denominator = math.sqrt(float(np.count_nonzero(dx)) * float(np.count_nonzero(dy)))
-    return float((dx * dy).sum() / denominator) if denominator else math.nan
+    if _undefined(a, b):  # a constant input has no ranks to correlate
+        return Correlation(math.nan, math.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = function(a, b)
+    return Correlation(float(result.statistic), float(result.pvalue))
 
 
-def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's ρ: Pearson's correlation of the average ranks; NaN when undefined."""
-    a = pd.Series(np.asarray(x, dtype=np.float64)).rank()
-    b = pd.Series(np.asarray(y, dtype=np.float64)).rank()
-    if len(a) < 2 or a.std() == 0 or b.std() == 0:
-        return math.nan
-    return float(np.corrcoef(a, b)[0, 1])
+def kendall(x: Sequence[float], y: Sequence[float]) -> Correlation:
+    """Kendall's τ-b (ties in either variable handled) and its p-value; NaN when undefined."""
+    return _checked(stats.kendalltau, x, y)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> Correlation:
+    """Spearman's ρ (average ranks for ties) and its p-value; NaN when undefined."""
+    return _checked(stats.spearmanr, x, y)

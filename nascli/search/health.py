@@ -61,7 +61,7 @@ def supernet_top1(
     net: Supernet, indices: Sequence[int], data: DataSource, split: str = "valid", batch: int = 250
 ) -> float:
     """Top-1 of one child through the supernet, BN on batch statistics as in TuNAS's reward
-    pass (§2)."""
+    pass, as in TuNAS's search."""
     was_training = net.training
     net.eval()  # dropout off; the supernet's BN uses batch statistics in every mode
     sample = Sample.of(indices)

@@ -1,6 +1,7 @@
-"""TuNAS's controller (§3): independent categorical logits per decision, hierarchical log-prob
-and entropy, warmup replacement of samples (§5), and Adam with β1 = 0 whose second moment
-averages the *squared per-architecture* gradients (§3.6).
+"""TuNAS's controller (`tunas/controller.py`): independent categorical logits per decision,
+hierarchical log-prob and entropy, warmup replacement of samples, and Adam with β1 = 0 whose
+second moment averages the *squared per-architecture* gradients, as TuNAS's cross-replica Adam
+does.
 
 The policy is small (one logit vector per decision), so its gradients are written out
 analytically and computed per architecture in one vectorised expression; a test checks them
@@ -20,7 +21,7 @@ from nascli.space.spaces import SearchSpace
 
 def ancestors(space: SearchSpace) -> list[list[tuple[int, int]]]:
     """For every decision, the (position, option) pairs of the choice nodes enclosing it: the
-    decision is active only if each of those nodes selects that option (§3, §11.5)."""
+    decision is active only if each of those nodes selects that option."""
     found: list[list[tuple[int, int]]] = []
 
     def walk(node: Any) -> list[int]:
@@ -150,7 +151,7 @@ class CategoricalPolicy:
 
 
 class PolicyAdam:
-    """Adam over the logits with per-architecture gradients g_k (§3.6):
+    """Adam over the logits with per-architecture gradients g_k:
     m ← β1·m + (1−β1)·mean_k g_k;  v ← β2·v + (1−β2)·mean_k g_k² ("per_arch", TuNAS's
     cross-replica form) or (mean_k g_k)² ("mean", standard Adam on the averaged gradient).
     Moments update even when lr is 0 (the RL delay)."""
@@ -199,7 +200,7 @@ def apply_warmup(
     p_filter: float,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per node, independently (§5, §11.4): with probability `p_op` an op node runs *mixed*
+    """Per node, independently: with probability `p_op` an op node runs *mixed*
     (the uniform average of its branches); with probability `p_filter` a filter node takes its
     largest choice. Returns (indices, mixed, replaced); replaced nodes carry no log-prob."""
     shape = indices.shape

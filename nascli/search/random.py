@@ -16,7 +16,8 @@ from nascli.settings import check_fields, option
 from nascli.space.arch import sample_indices
 from nascli.space.spaces import SearchSpace
 
-#: TuNAS's rejection windows under its Pixel-1 model (ms): 83–85 and 57–59 (§8).
+#: TuNAS's rejection windows under its Pixel-1 model (ms): 83–85 and 57–59
+#: (`tunas/tools/sample_random_architectures.py` and TuNAS's README).
 PIXEL1_WINDOWS_MS = {
     "proxylessnas": (83.0, 85.0),
     "proxylessnas_enlarged": (83.0, 85.0),

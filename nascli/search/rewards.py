@@ -1,4 +1,5 @@
-"""TuNAS's rewards (§4), reward baseline (§3.4) and schedules (§3, §5)."""
+"""TuNAS's rewards (`tunas/search_space_utils.py`), reward baseline and schedules
+(`tunas/mobile_architecture_search.py`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ REWARDS = ("abs", "mnas", "mnas_hard", "quality")
 def reward(
     quality: torch.Tensor, cost: torch.Tensor, target: float | None, kind: str, beta: float
 ) -> torch.Tensor:
-    """R from quality Q (valid top-1) and cost T, with r = T/T0 and β (negative, §11.8):
+    """R from quality Q (valid top-1) and cost T, with r = T/T0 and β (negative):
     abs: Q + β·|r − 1|;  mnas: Q·r^β;  mnas_hard: Q·min(r^β, 1);  quality: Q."""
     if kind == "quality":
         return quality
@@ -33,7 +34,7 @@ def reward(
 
 class EmaBaseline:
     """Zero-debiased exponential moving average of the step's mean reward, updated *before*
-    the advantage is computed, so it includes the current step (§3.4, §11.6)."""
+    the advantage is computed, so it includes the current step."""
 
     def __init__(self, momentum: float = 0.95):
         self.momentum = momentum
@@ -67,7 +68,7 @@ def warmup_probability(step: int, total: int, fraction: float) -> float:
 
 
 def policy_learning_rate(step: int, total: int, base: float, delay_fraction: float) -> float:
-    """0 for t < D = ⌊delay·S⌋, then base·10^((t − D)/(S − D)): ×10 by the end (§3)."""
+    """0 for t < D = ⌊delay·S⌋, then base·10^((t − D)/(S − D)): ×10 by the end."""
     delay = math.floor(delay_fraction * total)
     if step < delay:
         return 0.0

@@ -38,8 +38,8 @@ from nascli.space.spaces import SearchSpace
 from nascli.train.distributed import Context
 from nascli.train.optim import build_optimizer, learning_rate
 
-#: TuNAS's latency targets on its simulated Pixel-1 (§4): MnasNet/ProxylessNAS-Mobile and
-#: MobileNetV3-Large.
+#: TuNAS's latency targets on its simulated Pixel-1 (`tunas/mobile_architecture_search.py`):
+#: MnasNet/ProxylessNAS-Mobile and MobileNetV3-Large.
 PIXEL1_TARGETS_MS = {"proxylessnas": 84.0, "proxylessnas_enlarged": 84.0, "mnv3": 57.0}
 
 
@@ -74,8 +74,9 @@ class TunasSettings:
     tied_kernels: bool = option(False)
     zero_init_se: bool = option(False)
     zero_init_width: bool = option(False)  # channels beyond a width's smallest option start at 0
-    # The result: argmax of every decision (TuNAS §8) | likeliest_in_window: the likeliest
-    # architecture under the final policy whose cost is within target·(1 ± final_window).
+    # The result: argmax of every decision (TuNAS's `analyze_mobile_search`) |
+    # likeliest_in_window: the likeliest architecture under the final policy whose cost is
+    # within target·(1 ± final_window).
     final_selection: str = option("argmax", choices=FINAL_SELECTIONS)
     final_window: float = option(0.03, gt=0, lt=1)
 
@@ -85,7 +86,7 @@ class TunasSettings:
         if max(settings.op_warmup_fraction, settings.filter_warmup_fraction) > (
             settings.rl_delay_fraction
         ):
-            # §5: the warmups' log-prob bookkeeping is exact only if they end before RL starts.
+            # The warmups' log-prob bookkeeping is exact only if they end before RL starts.
             raise NascliError(
                 "strategy.op_warmup_fraction and filter_warmup_fraction must not exceed "
                 f"strategy.rl_delay_fraction ({settings.rl_delay_fraction})"
@@ -188,7 +189,8 @@ class TunasSearch:
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
         self.peak_lr = train_cfg.lr_per_256 * train_cfg.batch_size / 256
         self.warmup_steps = round(train_cfg.warmup_fraction * self.total_steps)
-        # Weight decay is applied by hand to the active slices only (§2): none in the optimiser.
+        # Weight decay is applied by hand to the active slices only, as TuNAS does: none in the
+        # optimiser.
         self.weight_decay = train_cfg.weight_decay
         self.optimizer = build_optimizer(self.net, train_cfg, self.peak_lr, weight_decay=0.0)
         self.policy = CategoricalPolicy(self.space, ctx.device)
@@ -241,7 +243,7 @@ class TunasSearch:
         )
 
     def warmups(self, t: int) -> tuple[float, float]:
-        """(p_op, p_filter) at step t (§5)."""
+        """(p_op, p_filter) at step t (TuNAS's op and filter warmups)."""
         s, S = self.settings, self.total_steps
         return warmup_probability(t, S, s.op_warmup_fraction), warmup_probability(
             t, S, s.filter_warmup_fraction
@@ -293,7 +295,7 @@ class TunasSearch:
         # 1. Shared weights.
         loss_sum = self.update_weights(t, samples)
 
-        # 2. Rewards on the held-out valid batch, batch statistics in BN (§11.2).
+        # 2. Rewards on the held-out valid batch, batch statistics in BN, as in TuNAS.
         valid_images, valid_labels = self.valid_batches.get(t)
         correct = torch.zeros(len(mine), device=self.ctx.device)
         with torch.no_grad():
@@ -327,7 +329,7 @@ class TunasSearch:
     def policy_step(
         self, policy_lr: float, indices: torch.Tensor, replaced: torch.Tensor, quality
     ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor, float]:  # fmt: skip
-        """Rewards from the step's qualities and costs, the baseline (updated first, §11.6),
+        """Rewards from the step's qualities and costs, the baseline (updated first, as TuNAS does),
         advantages and one policy step (Adam moments update even while the RL delay keeps lr
         at 0). Returns (cost, rewards, baseline, advantages, mean entropy)."""
         s = self.settings
@@ -363,7 +365,7 @@ class TunasSearch:
             offset += n
 
     def final_indices(self) -> list[int]:
-        """The argmax of every decision's logits (§8, §9)."""
+        """The argmax of every decision's logits, as TuNAS's `analyze_mobile_search` reads them."""
         return self.policy.argmax().tolist()
 
     def result_indices(self) -> tuple[list[int], str]:

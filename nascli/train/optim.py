@@ -69,7 +69,8 @@ class RMSpropTF(torch.optim.Optimizer):
 def parameter_groups(
     model: nn.Module, weight_decay: float, decay_classifier: bool = False
 ) -> list[dict[str, Any]]:
-    """Conv and linear kernels get weight decay; BN parameters and biases never do (TuNAS §7).
+    """Conv and linear kernels get weight decay; BN parameters and biases never do (TuNAS's search
+    and training).
 
     TuNAS also leaves the classifier undecayed; `decay_classifier` turns it on.
     """
