@@ -15,7 +15,7 @@ import typer
 from omegaconf import DictConfig
 
 from nascli import __version__
-from nascli.config import run_hydra_job
+from nascli.config import group_options, run_hydra_job
 from nascli.errors import NascliError
 
 app = typer.Typer(
@@ -104,6 +104,16 @@ ROOT_CONFIGS = {
 }
 
 
+def groups_epilog(config_name: str) -> str:
+    """The config groups, their options and this command's default (marked *), then Hydra's
+    own options: one paragraph per group so the help keeps them on their own lines."""
+    lines = ["Config groups (GROUP=OPTION; * the default here, GROUP.KEY=VALUE for one key):"]
+    for group, (options, default) in group_options(config_name).items():
+        names = " | ".join(f"{o}*" if o == default else o for o in options)
+        lines.append(f"{group}: {names}")
+    return "\n\n".join([*lines, EPILOG])
+
+
 def _register(name: str, help: str, module: str | None, writes: bool) -> None:
     def command(ctx: typer.Context) -> None:
         run_hydra_job(
@@ -117,7 +127,7 @@ def _register(name: str, help: str, module: str | None, writes: bool) -> None:
     app.command(
         name,
         context_settings=HYDRA_ARGS,
-        epilog=EPILOG,
+        epilog=groups_epilog(ROOT_CONFIGS.get(name, "config")),
         help=help,
         options_metavar="[HYDRA OPTIONS] [KEY=VALUE]...",
     )(command)

@@ -147,6 +147,34 @@ ConfigStore.instance().store(name="config_schema", node=Config)
 GROUP_SCHEMAS = {"space": SpaceConfig, "data": DataConfig, "train": TrainConfig, "cost": CostConfig}
 
 
+def group_options(config_name: str = "config") -> dict[str, tuple[list[str], str | None]]:
+    """Per config group: its options (the YAML files of `conf/<group>/`) and the one the root
+    config `config_name` selects, read from the defaults lists without composing."""
+    from importlib import resources
+
+    root = resources.files("nascli.conf")
+    chosen: dict[str, str] = {}
+
+    def read(name: str) -> None:
+        for entry in OmegaConf.to_container(OmegaConf.load(str(root / f"{name}.yaml")))["defaults"]:
+            if isinstance(entry, str):
+                if entry not in ("_self_", "config_schema"):
+                    read(entry)
+                continue
+            for key, value in entry.items():
+                chosen[key.removeprefix("override ").strip()] = value
+
+    read(config_name)
+    groups = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    return {
+        group: (
+            sorted(f.name[:-5] for f in (root / group).iterdir() if f.name.endswith(".yaml")),
+            chosen.get(group),
+        )
+        for group in groups
+    }
+
+
 def strategy_settings(cfg: Any) -> Any:
     """The typed, checked settings of the strategy the `strategy` group names."""
     from nascli.search.random import RandomSettings

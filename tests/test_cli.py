@@ -230,3 +230,23 @@ def test_timing_with_onnxruntime_missing_is_refused_in_one_line(run_cli, monkeyp
     assert result.output.strip().splitlines()[-1] == (
         "error: cost.backend=onnxruntime: onnxruntime not installed: pip install 'nascli[export]'"
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "strategy"),
+    [("search", "tunas_cpu"), ("random-baseline", "random"), ("build", "tunas")],
+)
+def test_command_help_lists_every_config_group_with_its_default_here(run_cli, command, strategy):
+    from nascli.config import group_options
+
+    result = run_cli(command, "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    groups = group_options(
+        {"search": "search", "random-baseline": "random_baseline"}.get(command, "config")
+    )
+    assert set(groups) >= {"space", "data", "train", "cost", "strategy"}
+    for group, (options, default) in groups.items():
+        assert f"{group}: {options[0]}" in text
+        assert f"{default}*" in text
+    assert f"{strategy}*" in text
