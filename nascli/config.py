@@ -24,7 +24,8 @@ from nascli.cost.lut import MIN_CALIBRATION
 from nascli.errors import NascliError
 from nascli.files import RunLock
 from nascli.settings import check_fields, option
-from nascli.space.network import STRIDE_POLICIES, NetworkSettings
+from nascli.space.arch import Architecture, get_space, load_architecture, space_of
+from nascli.space.network import STRIDE_POLICIES, Network, NetworkSettings, decode
 from nascli.train.distributed import close_process_group, shared_timestamp, world_size
 
 #: the values of the groups that name a fixed set (the other names are each group's YAML files)
@@ -403,3 +404,15 @@ def one_line(report: str) -> str:
         else:
             parts.append(line)
     return "; ".join(parts) or "could not compose the configuration"
+
+
+def configured_network(cfg: DictConfig) -> tuple[Architecture, Network]:
+    """The architecture `arch=` names, decoded with the space and data settings of `cfg`. An
+    arch.json or run directory brings its own space."""
+    if cfg.arch is None:
+        raise NascliError(
+            "no architecture given: pass arch=<indices | reference name | arch.json | run dir>"
+        )
+    space = get_space(space_of(str(cfg.arch)) or cfg.space.name)
+    arch = load_architecture(str(cfg.arch), space)
+    return arch, decode(space, arch.indices, network_settings(cfg))

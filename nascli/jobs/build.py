@@ -2,56 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
-from nascli import __version__
-from nascli.config import network_settings, run_directory
-from nascli.cost.analytic import NetworkCost, network_cost
-from nascli.errors import NascliError, missing_extra
+from nascli.config import configured_network, run_directory
+from nascli.cost.analytic import network_cost
+from nascli.errors import missing_extra
 from nascli.files import atomic_path, write_json
 from nascli.nn.builder import build_model
 from nascli.nn.export import ONNX_MODULES, export_onnx, export_torchscript
-from nascli.report.tables import human, layer_rows, layer_table
-from nascli.space.arch import Architecture, get_space, load_architecture, space_of
-from nascli.space.network import Network, decode
-
-
-def arch_record(arch: Architecture, network: Network, cost: NetworkCost) -> dict[str, Any]:
-    """What `arch.json` holds: enough to rebuild the network, and a readable layer table."""
-    settings = network.settings
-    return {
-        "space": arch.space,
-        "indices": arch.text,
-        "resolution": settings.resolution,
-        "num_classes": settings.num_classes,
-        "in_channels": settings.in_channels,
-        "width_multiplier": settings.width_multiplier,
-        "stride_policy": settings.stride_policy,
-        "min_final_resolution": settings.min_final_resolution,
-        "totals": {
-            "params": cost.params,
-            "macs": cost.macs,
-            "peak_memory_bytes": cost.peak_memory_bytes,
-        },
-        "layers": layer_rows(network, cost),
-        "nascli_version": __version__,
-    }
-
-
-def configured_network(cfg: DictConfig) -> tuple[Architecture, Network]:
-    """The architecture `arch=` names, decoded with the space and data settings of `cfg`. An
-    arch.json or run directory brings its own space."""
-    if cfg.arch is None:
-        raise NascliError(
-            "no architecture given: pass arch=<indices | reference name | arch.json | run dir>"
-        )
-    space = get_space(space_of(str(cfg.arch)) or cfg.space.name)
-    arch = load_architecture(str(cfg.arch), space)
-    return arch, decode(space, arch.indices, network_settings(cfg))
+from nascli.report.records import arch_record
+from nascli.report.tables import human, layer_table
+from nascli.space.arch import get_space
 
 
 def run(cfg: DictConfig) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import statistics
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from nascli.config import network_settings, run_directory
+from nascli.config import configured_network, network_settings, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.cost.lut import (
     FEATURES,
@@ -45,7 +46,6 @@ from nascli.cost.timing import (
 )
 from nascli.errors import NascliError
 from nascli.files import write_json
-from nascli.jobs.build import configured_network
 from nascli.nn.builder import build_model, layer_modules
 from nascli.report import plots
 from nascli.report.tables import human
@@ -164,6 +164,22 @@ def in_network_rows(
     )
 
 
+def read_partial(path: Path) -> dict[str, Timed]:
+    """The layers an interrupted run timed. A last line cut short (a crash while it was being
+    written) is cut off the file, so that layer is timed again and appending stays well formed."""
+    data = path.read_bytes()
+    whole = data.rfind(b"\n") + 1
+    if whole < len(data):
+        with path.open("r+b") as file:
+            file.truncate(whole)
+    if not whole:  # killed before its first layer was written
+        return {}
+    rows = pd.read_csv(
+        io.StringIO(data[:whole].decode()), names=list(TIMING_COLUMNS), float_precision="round_trip"
+    )
+    return {row.key: (row.raw_ms, row.probe_ms, int(row.probe)) for row in rows.itertuples()}
+
+
 def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path) -> None:
     space = get_space(cfg.space.name)
     settings = network_settings(cfg)
@@ -176,8 +192,7 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
     if partial.exists():  # resume an interrupted profiling run
         if json.loads(identity_file.read_text()) != partial_identity:
             raise NascliError(f"{partial} was measured under other settings; use a new out=")
-        rows = pd.read_csv(partial, names=list(TIMING_COLUMNS))
-        done = {row.key: (row.raw_ms, row.probe_ms, row.probe) for row in rows.itertuples()}
+        done = read_partial(partial)
         console.print(f"resuming: {len(done)} layers already measured")
     else:
         write_json(identity_file, partial_identity)

@@ -30,9 +30,9 @@ from nascli.cost.timing import physical_cores
 from nascli.data import load_data
 from nascli.errors import NascliError
 from nascli.files import write_csv, write_json
-from nascli.jobs.build import arch_record
 from nascli.nn.builder import build_model
 from nascli.report import plots
+from nascli.report.records import arch_record
 from nascli.report.tables import human
 from nascli.search.random import RandomSettings, cost_window, sample_in_window
 from nascli.search.tunas import default_target

@@ -10,12 +10,12 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from nascli.config import fingerprint_sections, run_directory
+from nascli.config import configured_network, fingerprint_sections, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.data import load_data
 from nascli.files import write_json
-from nascli.jobs.build import arch_record, configured_network
 from nascli.nn.builder import build_model
+from nascli.report.records import arch_record
 from nascli.report.tables import human
 from nascli.train.distributed import context
 from nascli.train.engine import Interrupted, Trainer, exit_interrupted

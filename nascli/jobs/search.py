@@ -19,18 +19,17 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.table import Table
 
 from nascli.config import fingerprint_sections, network_settings, run_directory
-from nascli.cost.analytic import NetworkCost, network_cost
+from nascli.cost.analytic import network_cost
 from nascli.cost.models import make_cost_model
 from nascli.data import load_data
 from nascli.errors import NascliError
 from nascli.files import write_csv, write_json
-from nascli.jobs.build import arch_record
 from nascli.nn.supernet import Supernet
 from nascli.report import plots
-from nascli.report.tables import human
+from nascli.report.records import arch_record
+from nascli.report.tables import result_table
 from nascli.search.health import accuracy_signal
 from nascli.search.tunas import (
     StepRecord,
@@ -286,25 +285,3 @@ def finish(
         f"`nascli retrain arch={out}`",
         soft_wrap=True,
     )
-
-
-def result_table(
-    arch: Architecture,
-    title: str,
-    cost: NetworkCost,
-    cost_name: str,
-    value: float,
-    units: str,
-    target: float | None,
-    relation: str = "target",
-) -> Table:
-    """The rows every strategy reports for its architecture (callers add their own)."""
-    table = Table(title="searched architecture", title_justify="left", show_header=False)
-    table.add_column(no_wrap=True)
-    table.add_column(overflow="fold")  # indices a user copies: folded whole, never cut short
-    table.add_row("space", title)
-    table.add_row("indices", arch.text)
-    where = "" if not target else f" ({value / target - 1:+.1%} vs {relation} {target:g} {units})"
-    table.add_row(f"cost ({cost_name})", f"{value:.4g} {units}{where}")
-    table.add_row("params · MACs", f"{human(cost.params)} · {human(cost.macs)}")
-    return table

@@ -24,10 +24,9 @@ from nascli.cost.analytic import network_cost
 from nascli.cost.models import make_cost_model
 from nascli.errors import NascliError
 from nascli.files import write_csv, write_json
-from nascli.jobs.build import arch_record
-from nascli.jobs.search import result_table
 from nascli.report import plots
-from nascli.report.tables import human
+from nascli.report.records import arch_record
+from nascli.report.tables import human, result_table
 from nascli.search.tunas import default_target
 from nascli.search.zen import BUDGETS, EvolutionSearch, ZenSettings
 from nascli.space.arch import Architecture, format_indices, get_space

@@ -7,6 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from nascli.cost.analytic import NetworkCost
+from nascli.space.arch import Architecture
 from nascli.space.network import Network
 
 LAYER_COLUMNS = (
@@ -78,4 +79,26 @@ def layer_table(network: Network, cost: NetworkCost, title: str) -> Table:
     for row in layer_rows(network, cost):
         row |= {"params": human(row["params"]), "macs": human(row["macs"])}
         table.add_row(*(_cell(row[key]) for key, _ in LAYER_COLUMNS))
+    return table
+
+
+def result_table(
+    arch: Architecture,
+    title: str,
+    cost: NetworkCost,
+    cost_name: str,
+    value: float,
+    units: str,
+    target: float | None,
+    relation: str = "target",
+) -> Table:
+    """The rows every strategy reports for its architecture (callers add their own)."""
+    table = Table(title="searched architecture", title_justify="left", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # indices a user copies: folded whole, never cut short
+    table.add_row("space", title)
+    table.add_row("indices", arch.text)
+    where = "" if not target else f" ({value / target - 1:+.1%} vs {relation} {target:g} {units})"
+    table.add_row(f"cost ({cost_name})", f"{value:.4g} {units}{where}")
+    table.add_row("params · MACs", f"{human(cost.params)} · {human(cost.macs)}")
     return table
