@@ -1,7 +1,6 @@
 """Interruption anywhere loses nothing: SIGKILL at seeded random moments, rerun on the same
 `out=`, and the outputs equal an uninterrupted run's. Two commands on one `out=`: the second
-refuses. (profile-latency's SIGKILL case, whose timings differ run to run, is in
-test_latency.py.)"""
+refuses."""
 
 from __future__ import annotations
 
@@ -125,6 +124,67 @@ def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_run(name, 
     same = ("indices", "cost", "test_top1", "test_loss", "best_valid_top1", "replica_checksums")
     for key in same:
         assert first.get(key) == second.get(key), (key, delays)
+
+
+PROFILE = ["profile-latency", "cost.calibrate=5", "cost.validate=4", "cost.runs=3",
+           "cost.warmup=1", "cost.threads=1", "cost.cache=false"]  # fmt: skip
+
+
+def timing_rows(path: Path) -> dict[str, tuple[float, float, int]]:
+    frame = pd.read_csv(
+        path, names=["key", "raw_ms", "probe_ms", "probe"], float_precision="round_trip"
+    )
+    return {row.key: (row.raw_ms, row.probe_ms, row.probe) for row in frame.itertuples()}
+
+
+@pytest.mark.slow
+def test_profile_latency_killed_at_random_moments_keeps_every_layer_it_measured(tmp_path):
+    """Timings differ from run to run, so the comparison with an uninterrupted run is exact on
+    everything but the milliseconds: the same layers in the same order, the same calibration and
+    validation architectures. What a killed run measured is kept bit for bit: each layer timed
+    before a kill appears in the final table with the reading taken then."""
+    straight = tmp_path / "straight"
+    done = run(PROFILE, straight)
+    assert done.returncode == 0, done.stderr
+    layers = pd.read_csv(straight / "layer_timings.csv").key.tolist()
+    rng = random.Random("chaos-profile-latency")
+    # Two kills while layers are timed, one once every layer is in the partial table (while the
+    # networks' last rounds run or the outputs are written, if the run has not ended by then).
+    moments = [*sorted(rng.sample(range(2, len(layers) - 1), 2)), len(layers)]
+    out, partial, kept = tmp_path / "killed", tmp_path / "killed" / "lut_partial.csv", {}
+    for moment in moments:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nascli", *PROFILE, f"out={out}"],
+            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 300
+        while not (partial.exists() and len(partial.read_text().splitlines()) >= moment):
+            if process.poll() is not None:  # only the last moment can come after the end
+                assert moment == len(layers) and process.returncode == 0, moment
+                break
+            assert time.monotonic() < deadline, moment
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if not partial.exists():  # it had finished (or was writing its outputs): nothing to redo
+            break
+        now = timing_rows(partial)
+        assert {k: now[k] for k in kept} == kept, f"a kill at {moment} layers lost a reading"
+        kept = now
+    else:
+        resumed = run(PROFILE, out)
+        assert resumed.returncode == 0, (moments, resumed.stderr)
+        assert f"resuming: {len(kept)} layers already measured" in resumed.stdout
+    final = pd.read_csv(out / "layer_timings.csv", float_precision="round_trip")
+    assert final.key.tolist() == layers
+    readings = {row.key: (row.raw_ms, row.probe_ms, row.probe) for row in final.itertuples()}
+    assert {k: readings[k] for k in kept} == kept
+    keys = [pd.read_csv(d / "lut.csv").key.tolist() for d in (straight, out)]
+    assert keys[0] == keys[1]
+    a, b = pd.read_csv(straight / "validation.csv"), pd.read_csv(out / "validation.csv")
+    pd.testing.assert_frame_equal(a[["indices", "set"]], b[["indices", "set"]])
+    assert (b.measured_ms > 0).all()
+    assert not (out / "lut_partial.csv").exists() and not (out / "lut_partial.json").exists()
 
 
 def test_a_second_lock_on_a_run_directory_is_refused_until_the_first_is_released(tmp_path):
