@@ -51,14 +51,19 @@ from nascli.space.references import references_in
 from nascli.train.distributed import Context
 
 SAME = ["strategy.zero_init_residual=true", "strategy.tied_kernels=true"]
-SAME += ["strategy.zero_init_se=true"]
+SAME += ["strategy.zero_init_se=true", "strategy.zero_init_width=false"]
 TUNAS = [o.replace("true", "false") for o in SAME]
-#: Named sets of overrides of `nascli search`'s config. `same_start` is strategy=tunas_cpu's.
+#: Named sets of overrides of `nascli search`'s config, each explicit about every switch of the
+#: same start. `same_start+width` is strategy=tunas_cpu's.
 VARIANTS = {
     "tunas": TUNAS,
     "zero_residual": [*TUNAS, "strategy.zero_init_residual=true"],
     "tied_kernels": [*TUNAS, "strategy.tied_kernels=true"],
-    "residual+kernels": [*SAME[:2], "strategy.zero_init_se=false"],
+    "residual+kernels": [
+        *SAME[:2],
+        "strategy.zero_init_se=false",
+        "strategy.zero_init_width=false",
+    ],
     "same_start": SAME,
     # The other suspects, each on top of the same start.
     "same_start,1arch": [*SAME, "strategy.archs_per_rank=1"],  # 64 images per BN, 1 child
@@ -70,7 +75,7 @@ VARIANTS = {
     "same_start,lr/3": [*SAME, "train.lr_per_256=0.033"],
     "same_start,lr*3": [*SAME, "train.lr_per_256=0.3"],
     "same_start,no_momentum": [*SAME, "train.momentum=0", "train.nesterov=false"],
-    "same_start+width": [*SAME, "strategy.zero_init_width=true"],
+    "same_start+width": [*SAME[:3], "strategy.zero_init_width=true"],
     "tunas,no_warmup": [
         *TUNAS,
         "strategy.op_warmup_fraction=0",
