@@ -36,6 +36,7 @@ from scipy import stats
 import nascli.config  # registers the config schema
 from nascli.data import load_data
 from nascli.report.machine import machine_line
+from nascli.report.summary import read_summary
 
 STRATEGIES = ("tunas", "random", "zen")
 
@@ -45,7 +46,8 @@ def nascli(*args: str) -> None:
 
 
 def summary(path: Path) -> dict:
-    return json.loads((path / "summary.json").read_text())
+    """A run's summary.json in the current format (older runs are read too)."""
+    return read_summary(path).record()
 
 
 def candidate_cost(extra: list[str]) -> tuple[float, dict]:
@@ -137,9 +139,9 @@ def search_seed(
             "cost": found["cost"], "cost_units": found["cost_units"],
             "test_top1": statistics.mean(tests), "test_top1_each": tests,
             "params": trained["params"],
-            "budget": spent, "search_seconds": found["search_seconds"],
+            "budget": spent, "search_seconds": found["seconds"],
             "candidates": found.get("candidates") if name == "random" else None,
-            "reward_top1_final": found.get("reward_top1_final"),
+            "reward_top1_final": found.get("supernet_top1"),
         })  # fmt: skip
     return rows
 

@@ -44,3 +44,14 @@ def run_cli(tmp_path):
 def random_archs(space_name: str, num: int, seed: int = 0) -> list[tuple[int, ...]]:
     generator = torch.Generator().manual_seed(seed)
     return [tuple(row) for row in sample_indices(SPACES[space_name], num, generator).tolist()]
+
+
+def assert_common_summary(summary: dict, command: str, strategy: str | None) -> None:
+    """A summary.json in the one results schema, with the fields every run has filled."""
+    from nascli.report.summary import COMMON, FORMAT
+
+    assert summary["format"] == FORMAT and set(COMMON) <= set(summary)
+    assert (summary["command"], summary["strategy"]) == (command, strategy)
+    for key in ("space", "indices", "seed", "world_size", "params", "macs", "images", "seconds"):
+        assert summary[key] is not None, key
+    assert summary["wall_seconds"] >= 0 and summary["seconds"] >= 0

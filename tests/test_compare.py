@@ -2,6 +2,10 @@
 
 import json
 
+import pandas as pd
+import pytest
+
+from nascli.errors import NascliError
 from nascli.jobs.compare import read_run
 
 
@@ -49,3 +53,34 @@ def test_compare_refuses_a_directory_without_summary(run_cli, tmp_path):
     result = run_cli("compare", str(tmp_path))
     assert result.exit_code == 2
     assert "has no summary.json" in result.output and "Traceback" not in result.output
+
+
+def test_the_summary_schema_round_trips_and_keeps_details_apart():
+    from nascli.report.summary import COMMON, FORMAT, RunSummary, from_record
+
+    summary = RunSummary("search", "tunas", "mnv3", seed=3, cost=55.0, target=57.0,
+                         details={"steps": 7})  # fmt: skip
+    record = summary.record()
+    assert record["format"] == FORMAT and set(COMMON) <= set(record) and record["steps"] == 7
+    assert record["relative_to_target"] == pytest.approx(55 / 57 - 1)
+    assert from_record(record) == summary
+    with pytest.raises(ValueError, match="common names"):
+        RunSummary("search", "tunas", "mnv3", seed=0, details={"cost": 1.0}).record()
+    with pytest.raises(NascliError, match="summary format 9"):
+        from_record({**record, "format": 9})
+
+
+def test_compare_reads_the_current_schema_and_writes_its_table_as_csv(run_cli, tmp_path):
+    from nascli.report.summary import RunSummary
+
+    for name, strategy, valid in (("a", "random", 0.8), ("b", "zen", None)):
+        (tmp_path / name).mkdir()
+        RunSummary("search", strategy, "proxylessnas", seed=0, indices="0:1", cost=83.0,
+                   cost_units="ms", target=84.0, params=10, macs=20, valid_top1=valid, images=5,
+                   seconds=1.0).write(tmp_path / name / "summary.json")  # fmt: skip
+    plot = tmp_path / "cmp" / "compare.png"
+    result = run_cli("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--plot", str(plot))
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(plot.with_suffix(".csv"))
+    assert table.strategy.tolist() == ["random", "zen"] and table.cost.tolist() == [83.0, 83.0]
+    assert table.valid_top1.iloc[0] == 0.8 and pd.isna(table.valid_top1.iloc[1])

@@ -13,6 +13,7 @@ from nascli.search.random import RandomSettings, cost_window, sample_in_window
 from nascli.space.network import NetworkSettings
 from nascli.space.spaces import SPACES
 from tests.conftest import TINY as TINY_RUN
+from tests.conftest import assert_common_summary
 
 TINY = [*TINY_RUN, "strategy.num_samples=3"]
 
@@ -77,6 +78,7 @@ def test_random_baseline_trains_resumes_and_reports_failures(run_cli, tmp_path, 
     assert list(frame["status"]) == ["done"] * 3
     assert (out / "candidates" / "0" / "result.json").stat().st_mtime_ns == finished  # skipped
     summary = json.loads((out / "summary.json").read_text())
+    assert_common_summary(summary, "search", "random")
     assert summary["strategy"] == "random" and summary["failed"] == 0
     assert summary["valid_top1"] == frame["valid_top1"].max()
     assert 83 <= summary["cost"] <= 85

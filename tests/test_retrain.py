@@ -15,6 +15,7 @@ from nascli.space.arch import get_space
 from nascli.space.network import NetworkSettings, decode
 from nascli.space.references import references_in
 from nascli.train.checkpoint import load_checkpoint
+from tests.conftest import assert_common_summary
 
 # A tiny, fast setting: scikit-learn's digits at 16×16 and a quarter-width ProxylessNAS-Mobile.
 TINY = [
@@ -69,6 +70,7 @@ def straight_run(tmp_path_factory):
 def test_retrain_writes_summary_checkpoints_and_metrics(straight_run):
     run_dir, output = straight_run
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert_common_summary(summary, "retrain", None)
     assert 0.0 <= summary["test_top1"] <= 1.0 and summary["test_images"] == 359
     assert summary["epochs"] == 3 and summary["steps"] == 3 * (1079 // 64)
     assert summary["params"] > 0 and summary["macs"] > 0 and summary["images_per_second"] > 0

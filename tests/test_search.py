@@ -18,7 +18,7 @@ from nascli.search.tunas import TunasSearch, TunasSettings
 from nascli.space.network import NetworkSettings
 from nascli.space.spaces import SPACES
 from nascli.train.distributed import Context
-from tests.conftest import TINY
+from tests.conftest import TINY, assert_common_summary
 
 
 def tiny_search(seed=0, **strategy) -> TunasSearch:
@@ -95,6 +95,7 @@ def test_a_search_run_writes_its_outputs_and_build_takes_the_run_dir(run_cli, tm
     assert "searched architecture" in result.output
     arch = json.loads((out / "arch.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
+    assert_common_summary(summary, "search", "tunas")
     assert arch["space"] == "proxylessnas" and arch["indices"] == summary["indices"]
     assert summary["target"] == 84.0 and summary["cost_units"] == "ms"
     assert arch["search"]["cost"] == pytest.approx(summary["cost"])
@@ -113,8 +114,8 @@ def test_a_search_run_writes_its_outputs_and_build_takes_the_run_dir(run_cli, tm
     # How much to trust it: the reward accuracy against chance, and the policy's entropy.
     assert summary["chance_top1"] == 0.25  # TINY: 4 classes
     last = max(1, round(0.1 * len(log)))
-    assert summary["reward_top1_final"] == pytest.approx(log["quality"].iloc[-last:].mean())
-    assert summary["accuracy_signal"] == (summary["reward_top1_final"] >= 0.5)
+    assert summary["supernet_top1"] == pytest.approx(log["quality"].iloc[-last:].mean())
+    assert summary["accuracy_signal"] == (summary["supernet_top1"] >= 0.5)
     assert summary["entropy_first"] == pytest.approx(log["entropy"].iloc[0])
     assert ("chosen by its cost alone" in result.output) != summary["accuracy_signal"]
 

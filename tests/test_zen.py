@@ -17,7 +17,7 @@ from nascli.search.zen import (
 from nascli.space.arch import get_space, validate_indices
 from nascli.space.network import NetworkSettings, decode
 from nascli.space.references import references_in
-from tests.conftest import SPACE_NAMES, TINY, random_archs
+from tests.conftest import SPACE_NAMES, TINY, assert_common_summary, random_archs
 
 SMALL = NetworkSettings(resolution=16, num_classes=4, in_channels=1, width_multiplier=0.25)
 
@@ -177,6 +177,7 @@ def test_zen_search_command_writes_the_run_on_every_space(run_cli, tmp_path, spa
                  "plots/zen_scores.png"):  # fmt: skip
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
+    assert_common_summary(summary, "search", "zen")
     assert summary["strategy"] == "zen" and summary["space"] == space_name
     assert summary["iterations"] == 25 and summary["cost"] <= summary["target"]
     population = pd.read_csv(out / "population.csv", dtype={"indices": str})

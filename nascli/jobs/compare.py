@@ -1,66 +1,44 @@
-"""`nascli compare RUN_DIR...`: one table (and one plot) over search, random-baseline and retrain
-runs, from the `summary.json` each writes."""
+"""`nascli compare RUN_DIR...`: one table (and one plot, and the table as CSV beside it) over
+search, random-baseline, retrain and profile-latency runs, from the common fields of the
+`summary.json` each writes (`nascli.report.summary`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from nascli.errors import NascliError
+from nascli.files import write_csv
 from nascli.report import plots
+from nascli.report.summary import read_summary
 from nascli.report.tables import human
 
 
 def read_run(path: Path) -> dict[str, Any]:
-    """The comparable facts of one run directory."""
-    summary_path = path / "summary.json"
-    if not summary_path.is_file():
-        raise NascliError(f"{path} has no summary.json (not a finished nascli run)")
-    try:
-        summary = json.loads(summary_path.read_text())
-    except ValueError as error:
-        raise NascliError(f"cannot read {summary_path}: {error}") from None
-    kind = summary.get("strategy") or ("retrain" if "test_top1" in summary else "unknown")
-    valid = summary.get("valid_top1", summary.get("best_valid_top1"))
-    if kind == "tunas":
-        valid = None  # the supernet's reward accuracy is not a trained network's
-    seconds = summary.get("search_seconds", summary.get("train_seconds"))
-    images = summary.get("images")
-    if images is None and kind == "retrain":
-        images = summary.get("steps", 0) * _batch(path)
+    """The comparable facts of one run directory: its summary's common fields."""
+    summary = read_summary(path)
     return {
         "run": str(path),
-        "kind": "retrain" if kind == "retrain" else "search",
-        "strategy": kind,
-        "space": summary.get("space"),
-        "indices": summary.get("indices"),
-        "target": summary.get("target"),
-        "cost": summary.get("cost"),
-        "cost_units": summary.get("cost_units", ""),
-        "params": summary.get("params"),
-        "macs": summary.get("macs"),
-        "valid_top1": valid,
-        # TuNAS: the supernet's accuracy on the reward batches at the end (not a trained
-        # network's), beside chance.
-        "supernet_top1": summary.get("reward_top1_final", summary.get("final_valid_quality")),
-        "chance_top1": summary.get("chance_top1"),
-        "test_top1": summary.get("test_top1"),
-        "seconds": seconds,
-        "images": images,
+        "kind": summary.command,
+        "strategy": summary.strategy or summary.command,
+        "space": summary.space,
+        "indices": summary.indices,
+        "target": summary.target,
+        "cost": summary.cost,
+        "cost_units": summary.cost_units or "",
+        "params": summary.params,
+        "macs": summary.macs,
+        "valid_top1": summary.valid_top1,
+        # A weight-shared search: the supernet's accuracy on the reward batches at the end (not
+        # a trained network's), beside chance.
+        "supernet_top1": summary.supernet_top1,
+        "chance_top1": summary.chance_top1,
+        "test_top1": summary.test_top1,
+        "seconds": summary.seconds,
+        "images": summary.images,
     }
-
-
-def _batch(path: Path) -> int:
-    config = path / ".hydra" / "config.yaml"
-    if not config.is_file():
-        return 0
-    from omegaconf import OmegaConf
-
-    return int(OmegaConf.load(config).train.batch_size)
 
 
 def _fmt(value: Any, kind: str = "") -> str:
@@ -108,6 +86,10 @@ def compare(runs: list[Path], plot: Path | None, console: Console) -> list[dict[
             _fmt(r["seconds"], "s"), _fmt(r["images"], "int"),
         )  # fmt: skip
     console.print(table)
+    if plot is not None:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(plot.with_suffix(".csv"), rows)
+        console.print(f"wrote {plot.with_suffix('.csv')}")
     plotted = [
         r for r in rows if r["cost"] is not None and (r["test_top1"] or r["valid_top1"]) is not None
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ from nascli.errors import NascliError
 from nascli.files import write_json
 from nascli.nn.builder import build_model, layer_modules
 from nascli.report import plots
+from nascli.report.summary import RunSummary
 from nascli.report.tables import human
 from nascli.space.arch import get_space, sample_indices
 from nascli.space.network import Network, decode
@@ -73,8 +75,11 @@ def progress(console: Console) -> Progress:
 
 
 def measure_one(cfg: DictConfig, protocol: Protocol, console: Console, out: Path) -> None:
+    started = time.perf_counter()
     arch, network = configured_network(cfg)
+    tick = time.perf_counter()
     timing = measure_network(network, protocol)
+    seconds = time.perf_counter() - tick
     cost = network_cost(network)
     table = Table(title=f"{arch.space} · {network.settings.resolution}px", title_justify="left")
     for column in ("median", "p10", "p90", "runs", "params", "MACs"):
@@ -91,6 +96,22 @@ def measure_one(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         out / "latency.json",
         {"indices": arch.text, "space": arch.space, **timing.__dict__, "protocol": info},
     )
+    RunSummary(
+        command="profile-latency",
+        strategy=None,
+        space=arch.space,
+        seed=cfg.seed,
+        indices=arch.text,
+        cost_model="measured",
+        cost=timing.median_ms,
+        cost_units="ms",
+        params=cost.params,
+        macs=cost.macs,
+        images=0,
+        seconds=seconds,
+        wall_seconds=time.perf_counter() - started,
+        details={"p10_ms": timing.p10_ms, "p90_ms": timing.p90_ms, "runs": timing.runs},
+    ).write(out / "summary.json")
 
 
 def scatter_plot(path: Path, frame: pd.DataFrame, title: str) -> None:
@@ -181,6 +202,7 @@ def read_partial(path: Path) -> dict[str, Timed]:
 
 
 def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path) -> None:
+    started = time.perf_counter()
     space = get_space(cfg.space.name)
     settings = network_settings(cfg)
     identity = lut_identity(space, settings, protocol)
@@ -324,6 +346,24 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
     layer_timings.to_csv(out / "layer_timings.csv", index=False)
     partial.unlink()
     identity_file.unlink()
+    RunSummary(
+        command="profile-latency",
+        strategy=None,
+        space=space.name,
+        seed=cfg.seed,
+        cost_model="lut",
+        cost_units="ms",
+        images=0,
+        seconds=time.perf_counter() - started,
+        wall_seconds=time.perf_counter() - started,
+        details={
+            "layers": len(layers),
+            "resolution": settings.resolution,
+            "correction_kind": best,
+            "validation": report[best],
+            "repeatability": repeatability,
+        },
+    ).write(out / "summary.json")
 
     summary = Table(
         title=f"LUT {space.name}: {len(layers)} layers, "

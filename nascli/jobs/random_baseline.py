@@ -33,6 +33,7 @@ from nascli.files import write_csv, write_json
 from nascli.nn.builder import build_model
 from nascli.report import plots
 from nascli.report.records import arch_record
+from nascli.report.summary import RunSummary
 from nascli.report.tables import human
 from nascli.search.random import RandomSettings, cost_window, sample_in_window
 from nascli.search.tunas import default_target
@@ -290,28 +291,28 @@ def finish_random(
     arch = Architecture(space.name, tuple(int(i) for i in best["indices"].split(":")))
     network = decode(space, arch.indices, network_settings(cfg))
     cost = network_cost(network)
-    summary = {
-        "strategy": "random",
-        "space": space.name,
-        "indices": arch.text,
-        "cost_model": request["cost_model"],
-        "cost": float(best["cost"]),
-        "cost_units": request["cost_units"],
-        "target": request["target"],
-        "window": request["window"],
-        "valid_top1": float(best["valid_top1"]),
-        "params": cost.params,
-        "macs": cost.macs,
-        "candidates": len(rows),
-        "failed": len(failed),
-        "images": int(done["images"].sum()),
-        "search_seconds": float(done["train_seconds"].sum()),
-        "wall_seconds": time.perf_counter() - started,
-    }
+    summary = RunSummary(
+        command="search",
+        strategy="random",
+        space=space.name,
+        seed=cfg.seed,
+        indices=arch.text,
+        cost_model=request["cost_model"],
+        cost=float(best["cost"]),
+        cost_units=request["cost_units"],
+        target=request["target"],
+        params=cost.params,
+        macs=cost.macs,
+        valid_top1=float(best["valid_top1"]),
+        images=int(done["images"].sum()),
+        seconds=float(done["train_seconds"].sum()),
+        wall_seconds=time.perf_counter() - started,
+        details={"window": request["window"], "candidates": len(rows), "failed": len(failed)},
+    )
     record = arch_record(arch, network, cost)
-    record["search"] = {k: summary[k] for k in ("cost_model", "cost", "cost_units", "target")}
+    record["search"] = summary.search_record()
     write_json(out / "arch.json", record)
-    write_json(out / "summary.json", summary)
+    summary.write(out / "summary.json")
     (out / "plots").mkdir(exist_ok=True)
     plots.accuracy_vs_cost(
         out / "plots" / "accuracy_vs_cost.png",
@@ -322,8 +323,8 @@ def finish_random(
         best_number=list(done["candidate"]).index(best_number),
     )
     console.print(
-        f"best: candidate {best_number}, valid top1 {summary['valid_top1']:.2%}, cost "
-        f"{summary['cost']:.4g} {request['cost_units']} · wrote {out}/candidates.csv, arch.json, "
+        f"best: candidate {best_number}, valid top1 {summary.valid_top1:.2%}, cost "
+        f"{summary.cost:.4g} {request['cost_units']} · wrote {out}/candidates.csv, arch.json, "
         f"summary.json, plots/",
         soft_wrap=True,
     )

@@ -16,6 +16,7 @@ from nascli.data import load_data
 from nascli.files import write_json
 from nascli.nn.builder import build_model
 from nascli.report.records import arch_record
+from nascli.report.summary import RunSummary
 from nascli.report.tables import human
 from nascli.train.distributed import context
 from nascli.train.engine import Interrupted, Trainer, exit_interrupted
@@ -84,30 +85,36 @@ def run(cfg: DictConfig) -> None:
     except Interrupted as stop:
         exit_interrupted(console, stop.signum, f"at step {stop.step}", out)
     test = trainer.evaluate("test")
-    summary = {
-        "space": arch.space,
-        "indices": arch.text,
-        "data": data.name,
-        "recipe": cfg.train.name,
-        "test_top1": test.top1,
-        "test_loss": test.loss,
-        "test_images": test.images,
-        "best_valid_top1": outcome.best_valid_top1,
-        "best_epoch": outcome.best_epoch,
-        "params": cost.params,
-        "macs": cost.macs,
-        "epochs": cfg.train.epochs,
-        "steps": outcome.steps,
-        "train_seconds": outcome.train_seconds,
-        "images_per_second": outcome.images_per_second,
-        "wall_seconds": time.perf_counter() - started,
-        "resumed_from_step": outcome.resumed_from,
-        "world_size": ctx.world,
-        "replica_checksums": outcome.replica_checksums,
-        "device": str(ctx.device),
-    }
+    summary = RunSummary(
+        command="retrain",
+        strategy=None,
+        space=arch.space,
+        seed=cfg.seed,
+        world_size=ctx.world,
+        indices=arch.text,
+        params=cost.params,
+        macs=cost.macs,
+        valid_top1=outcome.best_valid_top1,
+        test_top1=test.top1,
+        images=outcome.steps * cfg.train.batch_size,
+        seconds=outcome.train_seconds,
+        wall_seconds=time.perf_counter() - started,
+        details={
+            "data": data.name,
+            "recipe": cfg.train.name,
+            "test_loss": test.loss,
+            "test_images": test.images,
+            "best_epoch": outcome.best_epoch,
+            "epochs": cfg.train.epochs,
+            "steps": outcome.steps,
+            "images_per_second": outcome.images_per_second,
+            "resumed_from_step": outcome.resumed_from,
+            "replica_checksums": outcome.replica_checksums,
+            "device": str(ctx.device),
+        },
+    )
     if ctx.is_main:
-        write_json(out / "summary.json", summary)
+        summary.write(out / "summary.json")
     console.print(history_table(outcome.history))
     console.print(
         f"test top1 [bold]{test.top1:.2%}[/] on {test.images:,} images · best valid "

@@ -29,6 +29,7 @@ from nascli.files import write_csv, write_json
 from nascli.nn.supernet import Supernet
 from nascli.report import plots
 from nascli.report.records import arch_record
+from nascli.report.summary import RunSummary
 from nascli.report.tables import result_table
 from nascli.search.health import accuracy_signal
 from nascli.search.tunas import (
@@ -218,43 +219,45 @@ def finish(
     cost = network_cost(network)
     value = search.cost_model.cost(arch.indices)
     units = search.cost_model.units
-    summary = {
-        "strategy": "tunas",
-        "space": space.name,
-        "indices": arch.text,
-        "cost_model": search.cost_model.name,
-        "cost": value,
-        "cost_units": units,
-        "target": target,
-        "relative_to_target": None if not target else value / target - 1,
-        "params": cost.params,
-        "macs": cost.macs,
-        "steps": search.step,
-        "images": search.step * cfg.train.batch_size,
-        "reward_images": search.step * search.valid_per_arch * search.archs,
-        "search_seconds": seconds,
-        "wall_seconds": time.perf_counter() - started,
-        "world_size": search.ctx.world,
-        "replica_checksums": replicas,
-        "final_valid_quality": rows[-1]["quality"] if rows else None,
-        "selection": selection,
-        "argmax_indices": ":".join(map(str, argmax)),
-        "argmax_cost": search.cost_model.cost(tuple(argmax)),
-    }
     signal = accuracy_signal([row["quality"] for row in rows], search.net.settings.num_classes)
-    summary |= {
-        "chance_top1": signal.chance,
-        "reward_top1_final": signal.final,
-        "accuracy_signal": signal.clear,
-        "entropy_first": rows[0]["entropy"] if rows else None,
-        "entropy_final": rows[-1]["entropy"] if rows else None,
-    }
+    summary = RunSummary(
+        command="search",
+        strategy="tunas",
+        space=space.name,
+        seed=cfg.seed,
+        world_size=search.ctx.world,
+        indices=arch.text,
+        cost_model=search.cost_model.name,
+        cost=value,
+        cost_units=units,
+        target=target,
+        params=cost.params,
+        macs=cost.macs,
+        supernet_top1=signal.final,
+        chance_top1=signal.chance,
+        images=search.step * cfg.train.batch_size,
+        seconds=seconds,
+        wall_seconds=time.perf_counter() - started,
+        details={
+            "steps": search.step,
+            "reward_images": search.step * search.valid_per_arch * search.archs,
+            "replica_checksums": replicas,
+            "final_valid_quality": rows[-1]["quality"] if rows else None,
+            "selection": selection,
+            "argmax_indices": ":".join(map(str, argmax)),
+            "argmax_cost": search.cost_model.cost(tuple(argmax)),
+            "accuracy_signal": signal.clear,
+            "entropy_first": rows[0]["entropy"] if rows else None,
+            "entropy_final": rows[-1]["entropy"] if rows else None,
+        },
+    )
     if not search.ctx.is_main:
         return
     record = arch_record(arch, network, cost)
-    record["search"] = {k: summary[k] for k in ("cost_model", "cost", "cost_units", "target")}
+    record["search"] = summary.search_record()
     write_json(out / "arch.json", record)
-    write_json(out / "summary.json", summary)
+    summary.write(out / "summary.json")
+    facts = summary.record()
     log = pd.DataFrame(rows)
     (out / "plots").mkdir(exist_ok=True)
     plots.search_curves(out / "plots" / "search_curves.png", log, target, units, signal.chance)
@@ -264,17 +267,17 @@ def finish(
     if selection != "argmax":
         table.add_row(
             "chosen as",
-            f"{selection} (the policy's argmax costs {summary['argmax_cost']:.4g} {units})",
+            f"{selection} (the policy's argmax costs {facts['argmax_cost']:.4g} {units})",
         )
-    table.add_row("steps · images", f"{search.step:,} · {summary['images']:,}")
+    table.add_row("steps · images", f"{search.step:,} · {facts['images']:,}")
     table.add_row("search time", f"{seconds:.0f} s")
     table.add_row(
         "reward accuracy (supernet)",
         f"{signal.final:.1%} at the end (chance {signal.chance:.0%})",
     )
-    if summary["entropy_final"] is not None:
+    if facts["entropy_final"] is not None:
         table.add_row(
-            "policy entropy", f"{summary['entropy_first']:.1f} → {summary['entropy_final']:.1f}"
+            "policy entropy", f"{facts['entropy_first']:.1f} → {facts['entropy_final']:.1f}"
         )
     console.print(table)
     warning = signal.warning()

@@ -26,6 +26,7 @@ from nascli.errors import NascliError
 from nascli.files import write_csv, write_json
 from nascli.report import plots
 from nascli.report.records import arch_record
+from nascli.report.summary import RunSummary
 from nascli.report.tables import human, result_table
 from nascli.search.tunas import default_target
 from nascli.search.zen import BUDGETS, EvolutionSearch, ZenSettings
@@ -172,33 +173,35 @@ def finish(
     units = search.cost_model.units
     p = settings.proxy_settings
     scored = search.counts.get("scored", 0)
-    summary = {
-        "strategy": "zen",
-        "proxy": settings.proxy,
-        "bn_term": p.bn_term,
-        "space": space.name,
-        "indices": arch.text,
-        "score": best.score,
-        "cost_model": search.cost_model.name,
-        "cost": best.cost,
-        "cost_units": units,
-        "target": max_cost,
-        "relative_to_target": None if not max_cost else best.cost / max_cost - 1,
-        "params": cost.params,
-        "macs": cost.macs,
-        "iterations": search.iteration,
-        "scored": scored,
-        "rejected": {k: v for k, v in search.counts.items() if k != "scored"},
-        "images": 0,  # nothing is trained
-        "scored_images": scored * p.batch_size * p.repeat,
-        "search_seconds": seconds,
-        "wall_seconds": time.perf_counter() - started,
-    }
+    summary = RunSummary(
+        command="search",
+        strategy="zen",
+        space=space.name,
+        seed=cfg.seed,
+        indices=arch.text,
+        cost_model=search.cost_model.name,
+        cost=best.cost,
+        cost_units=units,
+        target=max_cost,
+        params=cost.params,
+        macs=cost.macs,
+        images=0,  # nothing is trained
+        seconds=seconds,
+        wall_seconds=time.perf_counter() - started,
+        details={
+            "proxy": settings.proxy,
+            "bn_term": p.bn_term,
+            "score": best.score,
+            "iterations": search.iteration,
+            "scored": scored,
+            "rejected": {k: v for k, v in search.counts.items() if k != "scored"},
+            "scored_images": scored * p.batch_size * p.repeat,
+        },
+    )
     record = arch_record(arch, network, cost)
-    record["search"] = {k: summary[k] for k in ("cost_model", "cost", "cost_units", "target")}
-    record["search"] |= {"proxy": settings.proxy, "score": best.score}
+    record["search"] = summary.search_record() | {"proxy": settings.proxy, "score": best.score}
     write_json(out / "arch.json", record)
-    write_json(out / "summary.json", summary)
+    summary.write(out / "summary.json")
     (out / "plots").mkdir(exist_ok=True)
     plots.evolution_curves(
         out / "plots" / "zen_scores.png",
