@@ -178,15 +178,12 @@ def group_options(config_name: str = "config") -> dict[str, tuple[list[str], str
 
 def strategy_settings(cfg: Any) -> Any:
     """The typed, checked settings of the strategy the `strategy` group names."""
-    from nascli.search.random import RandomSettings
-    from nascli.search.tunas import TunasSettings
-    from nascli.search.zen import ZenSettings
+    from nascli.search.registry import STRATEGIES, resolve
 
-    registry = {"tunas": TunasSettings, "random": RandomSettings, "zen": ZenSettings}
     name = cfg.get("name") if isinstance(cfg, DictConfig) else None
-    if name not in registry:
-        raise NascliError(f"strategy.name={name!r}: expected one of {', '.join(registry)}")
-    return registry[name].from_config(cfg)
+    if name not in STRATEGIES:
+        raise NascliError(f"strategy.name={name!r}: expected one of {', '.join(STRATEGIES)}")
+    return resolve(STRATEGIES[name].settings).from_config(cfg)
 
 
 def _plain(node: Any) -> Any:

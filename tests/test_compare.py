@@ -44,7 +44,7 @@ def test_compare_table_and_plot(run_cli, tmp_path, monkeypatch):
         "reward_top1_final": 0.91, "chance_top1": 0.1, "final_valid_quality": 0.9,
     })  # fmt: skip
     assert read_run(tunas2)["supernet_top1"] == 0.91
-    result = run_cli("compare", str(tunas2))
+    result = run_cli("compare", str(tunas2), "--plot", str(tmp_path / "two.png"))
     assert "91.00% (chance 10%)" in result.output
     assert rows[1]["valid_top1"] == 0.81 and rows[2]["test_top1"] == 0.955
 

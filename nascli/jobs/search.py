@@ -25,30 +25,25 @@ from nascli.cost.analytic import network_cost
 from nascli.cost.models import make_cost_model
 from nascli.data import load_data
 from nascli.errors import NascliError
-from nascli.files import write_csv, write_json
+from nascli.files import write_json
 from nascli.nn.supernet import Supernet
 from nascli.report import plots
 from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import result_table
+from nascli.search.driver import drive
 from nascli.search.health import accuracy_signal
+from nascli.search.registry import STRATEGIES, resolve
 from nascli.search.tunas import (
-    StepRecord,
     TunasSearch,
     TunasSettings,
     default_target,
-    probability_columns,
 )
 from nascli.space.arch import Architecture, get_space
 from nascli.space.network import decode
-from nascli.train.checkpoint import load_checkpoint, save_checkpoint
 from nascli.train.distributed import context
 from nascli.train.engine import (
-    TrainingDiverged,
     check_replicas,
-    exit_interrupted,
-    progress_bar,
-    stop_requests,
 )
 
 
@@ -61,47 +56,12 @@ def fingerprint(cfg: DictConfig, world: int) -> dict[str, Any]:
     }
 
 
-def log_row(search: TunasSearch, record: StepRecord, seconds: float) -> dict[str, Any]:
-    """One `search_log.csv` row: step means over the step's architectures, and the policy."""
-
-    def mean(values: list[float]) -> float:
-        return sum(values) / len(values)
-
-    argmax = torch.tensor([search.final_indices()])
-    return {
-        "step": record.step,
-        "seconds": seconds,
-        "lr": record.lr,
-        "policy_lr": record.policy_lr,
-        "p_op_warmup": record.p_op,
-        "p_filter_warmup": record.p_filter,
-        "train_loss": record.train_loss,
-        "quality": mean(record.quality),
-        "cost": mean(record.cost),
-        "reward": mean(record.rewards),
-        "baseline": record.baseline,
-        "advantage": mean(record.advantages),
-        "entropy": record.entropy,
-        "argmax_cost": float(search.cost_model(argmax)[0]),
-        "indices": ";".join(":".join(map(str, row)) for row in record.indices),
-        **probability_columns(search.space, search.policy.probs()),
-    }
-
-
 def run(cfg: DictConfig) -> None:
+    """The job of the strategy `strategy.name` names (`nascli.search.registry`)."""
     name = cfg.strategy.name
-    if name == "tunas":
-        run_tunas(cfg)
-    elif name == "random":
-        from nascli.jobs.random_baseline import run_random
-
-        run_random(cfg)
-    elif name == "zen":
-        from nascli.jobs.zen_search import run_zen
-
-        run_zen(cfg)
-    else:
-        raise NascliError(f"unknown strategy {name!r}; use strategy=tunas, random or zen")
+    if name not in STRATEGIES:
+        raise NascliError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}")
+    resolve(STRATEGIES[name].job)(cfg)
 
 
 def run_tunas(cfg: DictConfig) -> None:
@@ -127,72 +87,22 @@ def run_tunas(cfg: DictConfig) -> None:
     out = run_directory()
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    identity = fingerprint(cfg, ctx.world)
-    rows: list[dict[str, Any]] = []
-    seconds = 0.0
-    checkpoint = out / "last.pt"
-    if checkpoint.exists():
-        state = load_checkpoint(checkpoint, identity)
-        search.load_state(state["search"])
-        rows, seconds = state["log"], state["seconds"]
-        console.print(f"resuming from step {search.step} of {search.total_steps}")
-
-    console.print(
+    header = (
         f"search {space.title} · strategy tunas ({settings.reward} reward, "
         f"{search.archs} arch/step) · cost {cost_model.name} target "
         f"{target if target is not None else '–'} {cost_model.units} · data {data.name} "
         f"{net_settings.resolution}px · {search.total_steps} steps of "
-        f"{cfg.train.batch_size} images · {ctx.world} × {ctx.device}",
-        soft_wrap=True,
+        f"{cfg.train.batch_size} images · {ctx.world} × {ctx.device}"
     )
-
-    def save() -> None:
-        if ctx.is_main:
-            save_checkpoint(
-                checkpoint,
-                {
-                    "fingerprint": identity,
-                    "search": search.state(),
-                    "log": rows,
-                    "seconds": seconds,
-                },
-            )
-            write_csv(out / "search_log.csv", rows)
-
-    with stop_requests() as requested, progress_bar(console, ctx.is_main) as progress:
-        task = progress.add_task(
-            "search", total=search.total_steps, completed=search.step, status=""
-        )
-        while search.step < search.total_steps:
-            tick = time.perf_counter()
-            record = search.train_step()
-            seconds += time.perf_counter() - tick
-            if not torch.isfinite(torch.tensor(record.train_loss)):
-                raise TrainingDiverged(
-                    f"the supernet's loss became NaN/inf at step {record.step}; lower "
-                    f"train.lr_per_256 (the last good checkpoint is {checkpoint})"
-                )
-            if record.step % max(1, settings.log_every) == 0 or search.step == search.total_steps:
-                rows.append(log_row(search, record, seconds))
-            last = rows[-1] if rows else None
-            if last is not None:
-                progress.update(
-                    task,
-                    completed=search.step,
-                    refresh=True,
-                    status=(
-                        f"loss {record.train_loss:.3f} · valid {last['quality']:.1%} · "
-                        f"cost {last['cost']:.4g} · argmax {last['argmax_cost']:.4g} · "
-                        f"entropy {record.entropy:.1f}"
-                    ),
-                )
-            stop = int(ctx.all_reduce(torch.tensor([requested.signum]), op="max")[0])
-            due = settings.checkpoint_every > 0 and search.step % settings.checkpoint_every == 0
-            if due or stop:
-                save()
-            if stop:
-                exit_interrupted(console, stop, f"at step {search.step}", out)
-    save()
+    rows, seconds = drive(
+        search,
+        out,
+        fingerprint(cfg, ctx.world),
+        console,
+        header,
+        writer=ctx.is_main,
+        agreed_stop=lambda signum: int(ctx.all_reduce(torch.tensor([signum]), op="max")[0]),
+    )
     replicas = check_replicas(
         ctx, [*search.net.state_dict().values(), search.policy.logits.float()]
     )

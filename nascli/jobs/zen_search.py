@@ -11,7 +11,6 @@ params, MACs, the iteration it was born), `last.pt` (population and counters: re
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +22,17 @@ from nascli.config import fingerprint_sections, network_settings, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.cost.models import make_cost_model
 from nascli.errors import NascliError
-from nascli.files import write_csv, write_json
+from nascli.files import write_json
 from nascli.report import plots
 from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import human, result_table
+from nascli.search.driver import drive
 from nascli.search.tunas import default_target
 from nascli.search.zen import BUDGETS, EvolutionSearch, ZenSettings
-from nascli.space.arch import Architecture, format_indices, get_space
+from nascli.space.arch import Architecture, get_space
 from nascli.space.network import decode
-from nascli.train.checkpoint import load_checkpoint, save_checkpoint
 from nascli.train.distributed import world_size
-from nascli.train.engine import exit_interrupted, progress_bar, stop_requests
 
 
 def fingerprint(cfg: DictConfig) -> dict[str, Any]:
@@ -43,32 +41,6 @@ def fingerprint(cfg: DictConfig) -> dict[str, Any]:
         **fingerprint_sections(cfg, "space", "strategy", "data", "cost"),
         "seed": cfg.seed,
     }
-
-
-def log_row(search: EvolutionSearch, seconds: float) -> dict[str, Any]:
-    scores = [m.score for m in search.population]
-    best = search.best()
-    rejected = sum(v for k, v in search.counts.items() if k != "scored")
-    return {
-        "iteration": search.iteration,
-        "seconds": seconds,
-        "population": len(scores),
-        "best_score": best.score,
-        "mean_score": sum(scores) / len(scores),
-        "worst_score": min(scores),
-        "best_cost": best.cost,
-        "best_params": best.params,
-        "best_macs": best.macs,
-        "scored": search.counts.get("scored", 0),
-        "rejected": rejected,
-        **{k: v for k, v in sorted(search.counts.items()) if k != "scored"},
-        "best_indices": format_indices(best.indices),
-    }
-
-
-def population_rows(search: EvolutionSearch) -> list[dict[str, Any]]:
-    members = sorted(search.population, key=lambda m: -m.score)
-    return [{**asdict(m), "indices": format_indices(m.indices)} for m in members]
 
 
 def run_zen(cfg: DictConfig) -> None:
@@ -86,16 +58,6 @@ def run_zen(cfg: DictConfig) -> None:
     search = EvolutionSearch(space, net_settings, settings, cost_model, max_cost, cfg.seed)
     out = run_directory()
     out.mkdir(parents=True, exist_ok=True)
-    identity = fingerprint(cfg)
-    checkpoint = out / "last.pt"
-    rows: list[dict[str, Any]] = []
-    seconds = 0.0
-    if checkpoint.exists():
-        state = load_checkpoint(checkpoint, identity)
-        search.load_state(state["search"])
-        rows, seconds = state["log"], state["seconds"]
-        console.print(f"resuming from iteration {search.iteration:,} of {settings.iterations:,}")
-
     budgets = [f"{cost_model.name} ≤ {max_cost:g} {cost_model.units}"] if max_cost else []
     budgets += [
         f"{name} ≤ {human(limit)}"
@@ -103,55 +65,13 @@ def run_zen(cfg: DictConfig) -> None:
         if (limit := getattr(settings, f"max_{name}")) is not None
     ]
     p = settings.proxy_settings
-    console.print(
+    header = (
         f"search {space.title} · strategy zen (proxy {settings.proxy}, BN term {p.bn_term}, "
         f"batch {p.batch_size}, repeat {p.repeat}) · population {settings.population_size} · "
         f"{settings.iterations:,} iterations · budget {', '.join(budgets) or 'none'} · "
-        f"{net_settings.resolution}px × {net_settings.in_channels} channels",
-        soft_wrap=True,
+        f"{net_settings.resolution}px × {net_settings.in_channels} channels"
     )
-
-    def save() -> None:
-        save_checkpoint(
-            checkpoint,
-            {"fingerprint": identity, "search": search.state(), "log": rows, "seconds": seconds},
-        )
-        write_csv(out / "search_log.csv", rows)
-        if search.population:
-            write_csv(out / "population.csv", population_rows(search))
-
-    every = max(1, settings.log_every)
-    with stop_requests() as requested, progress_bar(console, True) as progress:
-        task = progress.add_task(
-            "search", total=settings.iterations, completed=search.iteration, status=""
-        )
-        while search.iteration < settings.iterations:
-            tick = time.perf_counter()
-            search.step()
-            seconds += time.perf_counter() - tick
-            done = search.iteration == settings.iterations
-            if search.population and (search.iteration % every == 0 or done):
-                rows.append(log_row(search, seconds))
-                last = rows[-1]
-                progress.update(
-                    task,
-                    completed=search.iteration,
-                    status=(
-                        f"best {last['best_score']:.2f} at {last['best_cost']:.4g} "
-                        f"{cost_model.units} · scored {last['scored']:,} · "
-                        f"rejected {last['rejected']:,}"
-                    ),
-                )
-            else:
-                progress.update(task, completed=search.iteration)
-            due = (
-                settings.checkpoint_every > 0 and search.iteration % settings.checkpoint_every == 0
-            )
-            if due or requested.signum:
-                save()
-            if requested.signum:
-                exit_interrupted(console, requested.signum, f"at iteration {search.iteration}", out)
-    save()
+    rows, seconds = drive(search, out, fingerprint(cfg), console, header)
     finish(cfg, search, rows, out, console, max_cost, seconds, started)
 
 
@@ -206,7 +126,7 @@ def finish(
     plots.evolution_curves(
         out / "plots" / "zen_scores.png",
         pd.DataFrame(rows),
-        pd.DataFrame(population_rows(search)),
+        pd.DataFrame(search.population_rows()),
         settings.proxy,
         max_cost,
         units,

@@ -24,6 +24,7 @@ from nascli.data.augment import keyed_generator
 from nascli.data.source import DataSource
 from nascli.errors import NascliError
 from nascli.nn.supernet import Sample, Supernet, SupernetInit
+from nascli.search.driver import Strategy
 from nascli.search.policy import CategoricalPolicy, PolicyAdam, apply_warmup
 from nascli.search.rewards import (
     REWARDS,
@@ -36,6 +37,7 @@ from nascli.settings import check_fields, option
 from nascli.space.schema import Zero
 from nascli.space.spaces import SearchSpace
 from nascli.train.distributed import Context
+from nascli.train.engine import TrainingDiverged
 from nascli.train.optim import build_optimizer, learning_rate
 
 #: TuNAS's latency targets on its simulated Pixel-1 (`tunas/mobile_architecture_search.py`):
@@ -148,8 +150,10 @@ class Batches:
         return batch
 
 
-class TunasSearch:
+class TunasSearch(Strategy):
     """The search state (supernet, optimisers, policy, baseline) and one step of it."""
+
+    unit = "step"
 
     def __init__(
         self,
@@ -208,6 +212,60 @@ class TunasSearch:
         self.policy_base_lr = base
         self.baseline = EmaBaseline(settings.baseline_momentum)
         self.step = 0
+        self.log_every = max(1, settings.log_every)
+        self.checkpoint_every = settings.checkpoint_every
+
+    # ------------------------------------------------------------------ the driver's view
+    @property
+    def position(self) -> int:
+        return self.step
+
+    @property
+    def total(self) -> int:
+        return self.total_steps
+
+    def advance(self) -> StepRecord:
+        record = self.train_step()
+        if not math.isfinite(record.train_loss):
+            raise TrainingDiverged(
+                f"the supernet's loss became NaN/inf at step {record.step}; lower "
+                "train.lr_per_256 (the last good checkpoint is last.pt in the run directory)"
+            )
+        return record
+
+    def log_row(self, record: StepRecord, seconds: float) -> dict[str, Any] | None:
+        """One `search_log.csv` row: step means over the step's architectures, and the policy."""
+        if record.step % self.log_every and self.step != self.total_steps:
+            return None
+
+        def mean(values: list[float]) -> float:
+            return sum(values) / len(values)
+
+        argmax = torch.tensor([self.final_indices()])
+        return {
+            "step": record.step,
+            "seconds": seconds,
+            "lr": record.lr,
+            "policy_lr": record.policy_lr,
+            "p_op_warmup": record.p_op,
+            "p_filter_warmup": record.p_filter,
+            "train_loss": record.train_loss,
+            "quality": mean(record.quality),
+            "cost": mean(record.cost),
+            "reward": mean(record.rewards),
+            "baseline": record.baseline,
+            "advantage": mean(record.advantages),
+            "entropy": record.entropy,
+            "argmax_cost": float(self.cost_model(argmax)[0]),
+            "indices": ";".join(":".join(map(str, row)) for row in record.indices),
+            **probability_columns(self.space, self.policy.probs()),
+        }
+
+    def status(self, row: dict[str, Any]) -> str:
+        return (
+            f"loss {row['train_loss']:.3f} · valid {row['quality']:.1%} · cost {row['cost']:.4g}"
+            f" · argmax {row['argmax_cost']:.4g} · entropy {row['entropy']:.1f}"
+        )
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:

@@ -25,10 +25,11 @@ import torch
 from nascli.cost.analytic import NetworkCost, network_cost
 from nascli.cost.models import CostModel
 from nascli.errors import NascliError
+from nascli.search.driver import Strategy
 from nascli.search.policy import ancestors
 from nascli.search.proxies import PROXIES, ProxySettings, scorable, score
 from nascli.settings import check_fields, option
-from nascli.space.arch import load_architecture, sample_indices
+from nascli.space.arch import format_indices, load_architecture, sample_indices
 from nascli.space.network import Network, NetworkSettings, decode
 from nascli.space.schema import Zero
 from nascli.space.spaces import SearchSpace
@@ -151,8 +152,10 @@ class Outcome:
     cost: float | None = None
 
 
-class EvolutionSearch:
+class EvolutionSearch(Strategy):
     """The population and one `step()` per iteration; `state()` / `load_state()` resume it."""
+
+    unit = "iteration"
 
     def __init__(
         self,
@@ -173,6 +176,58 @@ class EvolutionSearch:
         self.population: list[Member] = []
         self.counts: dict[str, int] = {}
         self.initial = self._initial()
+        self.log_every = max(1, settings.log_every)
+        self.checkpoint_every = settings.checkpoint_every
+
+    # ------------------------------------------------------------------ the driver's view
+    @property
+    def position(self) -> int:
+        return self.iteration
+
+    @property
+    def total(self) -> int:
+        return self.settings.iterations
+
+    def advance(self) -> Outcome:
+        return self.step()
+
+    def log_row(self, record: Outcome, seconds: float) -> dict[str, Any] | None:
+        """Every `log_every` iterations and the last: the population's scores, the best's
+        cost, and how many candidates were scored or rejected per budget."""
+        done = self.iteration == self.settings.iterations
+        if not self.population or (self.iteration % self.log_every and not done):
+            return None
+        scores = [m.score for m in self.population]
+        best = self.best()
+        rejected = sum(v for k, v in self.counts.items() if k != "scored")
+        return {
+            "iteration": self.iteration,
+            "seconds": seconds,
+            "population": len(scores),
+            "best_score": best.score,
+            "mean_score": sum(scores) / len(scores),
+            "worst_score": min(scores),
+            "best_cost": best.cost,
+            "best_params": best.params,
+            "best_macs": best.macs,
+            "scored": self.counts.get("scored", 0),
+            "rejected": rejected,
+            **{k: v for k, v in sorted(self.counts.items()) if k != "scored"},
+            "best_indices": format_indices(best.indices),
+        }
+
+    def status(self, row: dict[str, Any]) -> str:
+        return (
+            f"best {row['best_score']:.2f} at {row['best_cost']:.4g} {self.cost_model.units} · "
+            f"scored {row['scored']:,} · rejected {row['rejected']:,}"
+        )
+
+    def population_rows(self) -> list[dict[str, Any]]:
+        members = sorted(self.population, key=lambda m: -m.score)
+        return [{**asdict(m), "indices": format_indices(m.indices)} for m in members]
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"population.csv": self.population_rows()} if self.population else {}
 
     # ------------------------------------------------------------------ set-up
     def _initial(self) -> tuple[int, ...]:

@@ -1,0 +1,34 @@
+"""The search strategies by name: what `strategy.name` may be, each strategy's settings class
+(the schema its `conf/strategy/*.yaml` options are checked against) and the job that runs it.
+Entries are import paths, resolved when used, so registering costs no import."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Entry:
+    settings: str  # "module:Class" with a `from_config(cfg)` classmethod
+    job: str  # "module:function" taking the composed config
+
+
+STRATEGIES: dict[str, Entry] = {
+    "tunas": Entry("nascli.search.tunas:TunasSettings", "nascli.jobs.search:run_tunas"),
+    "random": Entry(
+        "nascli.search.random:RandomSettings", "nascli.jobs.random_baseline:run_random"
+    ),
+    "zen": Entry("nascli.search.zen:ZenSettings", "nascli.jobs.zen_search:run_zen"),
+}
+
+
+def register(name: str, settings: str, job: str) -> None:
+    """Add a strategy (one module and one `conf/strategy/<option>.yaml` with `name: <name>`)."""
+    STRATEGIES[name] = Entry(settings, job)
+
+
+def resolve(path: str) -> Any:
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)

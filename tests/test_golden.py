@@ -1,0 +1,63 @@
+"""Golden runs: for a fixed seed, each strategy's log, tables, arch.json and result are the ones
+recorded before the search driver and the results schema were introduced (tests/golden/, made
+with torch 2.13.0 on a CPU with AVX512). Float arithmetic differs between CPU instruction sets
+and torch versions, so elsewhere the comparison is skipped with the reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import TINY
+
+GOLDEN = Path(__file__).parent / "golden"
+RECORDED = json.loads((GOLDEN / "machine.json").read_text())
+HERE = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+TIMING = ("seconds", "train_seconds")
+
+COMMANDS = {
+    "tunas": (["search", *TINY, "train.epochs=2"], ["search_log.csv", "arch.json"]),
+    "zen": (
+        ["search", "strategy=zen", *TINY, "strategy.iterations=30",
+         "strategy.population_size=8", "strategy.batch_size=4"],
+        ["search_log.csv", "population.csv", "arch.json"],
+    ),
+    "random": (
+        ["random-baseline", *TINY, "strategy.num_samples=2"],
+        ["candidates.csv", "arch.json"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(HERE != RECORDED, reason=f"golden files were made with {RECORDED}, not {HERE}")
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_a_fixed_seed_gives_the_recorded_run(name, tmp_path):
+    args, files = COMMANDS[name]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / name
+    done = subprocess.run(
+        [sys.executable, "-m", "nascli", *args, f"out={out}"],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for file in files:
+        if file.endswith(".csv"):
+            got = pd.read_csv(out / file)
+            got = got.drop(columns=[c for c in TIMING if c in got.columns])
+            want = pd.read_csv(GOLDEN / name / file)
+            pd.testing.assert_frame_equal(got, want, check_exact=True, obj=file)
+        else:
+            assert json.loads((out / file).read_text()) == json.loads(
+                (GOLDEN / name / file).read_text()
+            )
+    summary = json.loads((out / "summary.json").read_text())
+    recorded = json.loads((GOLDEN / name / "result.json").read_text())
+    assert {k: summary[k] for k in recorded} == recorded
