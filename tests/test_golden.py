@@ -1,5 +1,5 @@
 """Golden runs: for a fixed seed, each strategy's log, tables, arch.json and result are the ones
-recorded before the search driver and the results schema were introduced (tests/golden/, made
+recorded before the search driver was introduced (tests/golden/, made
 with torch 2.13.0 on a CPU with AVX512). Float arithmetic differs between CPU instruction sets
 and torch versions, so elsewhere the comparison is skipped with the reason."""
 
