@@ -178,14 +178,15 @@ def test_torchrun_ranks_sample_different_archs_and_stay_identical(tmp_path):
 
 
 @pytest.mark.slow
-def test_searches_on_real_digits_land_near_three_targets(run_cli, tmp_path):
-    """TuNAS on the embedded MNIST digits at 70, 84 and 100 ms (Pixel-1 model): the found
-    architectures' costs are ordered like the targets and each is within ±10% of its target.
+def test_searches_on_real_digits_land_near_two_targets(run_cli, tmp_path):
+    """TuNAS on the embedded MNIST digits at 70 and 100 ms (Pixel-1 model): the found
+    architectures' costs are ordered like the targets and each is within ±10% of its target
+    (the default's landing at 60, 84 and 110 ms is measured in the README, not here).
 
     To converge in 93 steps instead of TuNAS's 20,000 this uses a 10× stronger cost weight
     (β = −1) and a policy lr of 0.3; the network is a quarter of the widths for speed."""
     costs = []
-    for target in (70.0, 84.0, 100.0):
+    for target in (70.0, 100.0):
         out = tmp_path / f"t{target:g}"
         result = run_cli(
             "search", "space.width_multiplier=0.25", "train.batch_size=32", "train.epochs=1",
