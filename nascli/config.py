@@ -8,7 +8,6 @@ Library code never reads argv or global config: a job function receives the comp
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,9 +122,6 @@ class ProxiesConfig:
     names: Any = option(None, text="a list of proxy names")
 
 
-DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
-
-
 @dataclass
 class Config:
     space: SpaceConfig = field(default_factory=SpaceConfig)
@@ -140,7 +136,9 @@ class Config:
     input: str | None = option(None, text=PATH)
     proxies: Any = None
     seed: int = option(0, ge=0, lt=2**32)
-    device: str = option("auto", text="auto, cpu, cuda or cuda:N")
+    device: str = option(
+        "auto", text="auto, cpu, cuda, cuda:N or mps", pattern=r"auto|cpu|cuda(:\d+)?|mps"
+    )
     out: str = option(MISSING, text=PATH)
 
 
@@ -198,8 +196,6 @@ def validate(cfg: DictConfig) -> None:
         check_fields(schema, _plain(cfg[group]), group)
     top = {key: cfg[key] for key in ("arch", "input", "seed", "device")}
     check_fields(Config, top, "")
-    if not DEVICE.fullmatch(cfg.device):
-        raise NascliError(f"device={cfg.device!r}: expected auto, cpu, cuda, cuda:N or mps")
     if isinstance(cfg.get("proxies"), DictConfig):
         check_fields(ProxiesConfig, _plain(cfg.proxies), "proxies")
     strategy_settings(cfg.strategy)

@@ -11,6 +11,7 @@ outside them.
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ class Rule:
     choices: tuple[Any, ...] | None = None
     #: for str settings without choices: what free text means (a path, an architecture, ...)
     text: str | None = None
+    #: for str settings: a regular expression the whole text must match (`text` says it)
+    pattern: str | None = None
 
     def allowed(self) -> str:
         def number(value: float) -> str:
@@ -121,6 +124,9 @@ def check_value(key: str, value: Any, annotation: Any, rule: Rule) -> Any:
     if number and (not math.isfinite(value) or not rule.admits(value)):
         raise NascliError(f"{key}={value!r}: expected {rule.allowed()}")
     if rule.choices is not None and value not in rule.choices:
+        raise NascliError(f"{key}={value!r}: expected {rule.allowed()}")
+    text = isinstance(value, str)
+    if rule.pattern is not None and text and not re.fullmatch(rule.pattern, value):
         raise NascliError(f"{key}={value!r}: expected {rule.allowed()}")
     return value
 

@@ -220,3 +220,11 @@ def test_the_commands_refuse_bad_values_before_writing_anything(command, overrid
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not out.exists()  # no run directory, no log file: nothing was started
+
+
+def test_a_pattern_rule_refuses_text_that_does_not_match_it_whole():
+    rule = Rule(text="auto, cpu or cuda:N", pattern=r"auto|cpu|cuda(:\d+)?")
+    assert check_value("device", "cuda:1", str, rule) == "cuda:1"
+    for bad in ("gpu", "cuda:", "cpu "):
+        with pytest.raises(NascliError, match=rf"device='{bad}': expected auto, cpu or cuda:N"):
+            check_value("device", bad, str, rule)
