@@ -34,7 +34,7 @@ from nascli.space.spaces import SPACES
 def simulate(cost_model, space, target, lr, beta, seed, slope, sigma, steps, archs, window):
     """(argmax error, likeliest-in-window error or None, final policy entropy)."""
     policy = CategoricalPolicy(space)
-    adam = PolicyAdam(policy.logits.shape)
+    policy.adam = PolicyAdam(policy.logits.shape)
     baseline = EmaBaseline(0.95)
     noise = torch.Generator().manual_seed(10_000 + seed)
     for t in range(steps):
@@ -48,8 +48,7 @@ def simulate(cost_model, space, target, lr, beta, seed, slope, sigma, steps, arc
         rewards = reward(quality, cost, target, "abs", beta)
         advantages = rewards - baseline.update(float(rewards.mean()))
         counted = policy.active(indices) & ~replaced
-        grads = policy.loss_gradients(indices, advantages, counted)
-        adam.step(policy.logits, grads, policy_learning_rate(t, steps, lr, 0.25))
+        policy.update(indices, advantages, counted, policy_learning_rate(t, steps, lr, 0.25))
     argmax = float(cost_model(policy.argmax()[None])[0]) / target - 1
     found = likeliest_within(policy, cost_model, target, window, seed)
     chosen = None if found is None else float(cost_model(found[None])[0]) / target - 1

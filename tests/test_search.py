@@ -14,6 +14,7 @@ from nascli.config import CostConfig, DataConfig, TrainConfig
 from nascli.cost.models import make_cost_model
 from nascli.data import load_data
 from nascli.nn.supernet import Supernet, SupernetInit
+from nascli.search.policy import Controller
 from nascli.search.tunas import TunasSearch, TunasSettings
 from nascli.space.network import NetworkSettings
 from nascli.space.spaces import SPACES
@@ -250,3 +251,77 @@ def test_tunas_keeps_the_papers_settings_and_tunas_cpu_changes_only_its_document
         "archs_per_rank", "policy_lr", "cost_exponent", "final_selection",
         "zero_init_residual", "tied_kernels", "zero_init_se",
     }  # fmt: skip
+
+
+class AutogradCategorical(Controller):
+    """A controller written with autograd and torch's Adam, to show one plugs into TuNAS's step
+    unchanged (an LSTM controller has the same shape)."""
+
+    def __init__(self, space):
+        super().__init__(space)
+        width = int(self.sizes.max())
+        self.valid = torch.arange(width)[None, :] < self.sizes[:, None]
+        self.logits = torch.zeros(len(self.sizes), width, dtype=torch.float64, requires_grad=True)
+        self.optimizer = torch.optim.Adam([self.logits], lr=1.0)
+        self.active_seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _logp(self) -> torch.Tensor:
+        return self.logits.masked_fill(~self.valid, float("-inf")).log_softmax(dim=1)
+
+    def sample(self, num, generator=None, temperature=None):
+        probs = (self._logp().detach() / (temperature or 1.0)).softmax(dim=1)
+        return torch.multinomial(probs.repeat(num, 1), 1, True, generator=generator).view(num, -1)
+
+    def log_prob(self, indices, counted=None):
+        mask = self.active(indices) if counted is None else counted
+        return (self._logp().gather(1, indices.T).T * mask).sum(dim=1)
+
+    def entropy(self, indices):
+        logp = self._logp()
+        node = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(dim=1)
+        return (node[None, :] * self.active(indices)).sum(dim=1).detach()
+
+    def argmax(self):
+        return self._logp().detach().argmax(dim=1)
+
+    def update(self, indices, advantages, counted, lr, entropy_coefficient=0.0):
+        self.active_seen.append((indices.clone(), counted.clone()))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad()
+        (-(advantages.double() * self.log_prob(indices, counted)).mean()).backward()
+        self.optimizer.step()
+
+    def tensors(self):
+        return [self.logits.detach()]
+
+    def state_dict(self):
+        return {"logits": self.logits.detach().clone(), "adam": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        with torch.no_grad():
+            self.logits.copy_(state["logits"])
+        self.optimizer.load_state_dict(state["adam"])
+
+
+def test_an_autograd_controller_plugs_into_the_tunas_step():
+    search = tiny_search(rl_delay_fraction=0.0, op_warmup_fraction=0.0, filter_warmup_fraction=0.0)
+    search.policy = AutogradCategorical(search.space)
+    while search.step < search.total_steps:
+        record = search.train_step()
+        assert len(record.indices) == 2 and record.entropy > 0
+    assert search.policy.logits.detach().abs().sum() > 0  # it learned
+    # The decisions inside skipped layers were sampled but never counted in the update.
+    inactive = 0
+    for indices, counted in search.policy.active_seen:
+        active = search.policy.active(indices)
+        assert not (counted & ~active).any()
+        inactive += int((~active).sum())
+    assert inactive > 0  # some sampled architectures did skip layers
+    index, _ = search.result_indices()
+    assert len(index) == search.space.num_decisions
+    state = search.state()
+    again = tiny_search()
+    again.policy = AutogradCategorical(again.space)
+    again.load_state(state)
+    assert torch.equal(again.policy.logits.detach(), search.policy.logits.detach())

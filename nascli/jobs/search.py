@@ -104,7 +104,7 @@ def run_tunas(cfg: DictConfig) -> None:
         agreed_stop=lambda signum: int(ctx.all_reduce(torch.tensor([signum]), op="max")[0]),
     )
     replicas = check_replicas(
-        ctx, [*search.net.state_dict().values(), search.policy.logits.float()]
+        ctx, [*search.net.state_dict().values(), *(t.float() for t in search.policy.tensors())]
     )
     finish(cfg, search, rows, out, console, target, seconds, started, replicas)
 

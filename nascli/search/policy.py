@@ -11,6 +11,7 @@ against autograd.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -52,16 +53,18 @@ def ancestors(space: SearchSpace) -> list[list[tuple[int, int]]]:
     return found
 
 
-class CategoricalPolicy:
-    """One categorical distribution per decision over its options, logits starting at 0."""
+class Controller(ABC):
+    """A distribution over the architectures of a space that an RL strategy samples and updates
+    (TuNAS's independent categoricals here; an autoregressive controller plugs in the same way).
+
+    The base class holds what comes from the space alone: each decision's number of options and
+    tag, and the hierarchy (`active`: a decision inside a skipped layer or an unchosen option is
+    neither counted in log-probabilities and entropies nor updated)."""
 
     def __init__(self, space: SearchSpace, device: torch.device | str = "cpu"):
         self.space = space
         sizes = torch.tensor([d.num_choices for d in space.decisions])
-        width = int(sizes.max())
         self.sizes = sizes.to(device)
-        self.valid = (torch.arange(width)[None, :] < sizes[:, None]).to(device)
-        self.logits = torch.zeros(len(sizes), width, dtype=torch.float64, device=device)
         self.is_op = torch.tensor([d.tag == OP for d in space.decisions], device=device)
         self.is_filter = torch.tensor([d.tag == FILTERS for d in space.decisions], device=device)
         chains = ancestors(space)
@@ -72,6 +75,73 @@ class CategoricalPolicy:
             for j, (position, option) in enumerate(chain):
                 self.cond_pos[d, j], self.cond_val[d, j] = position, option
         self.cond_pos, self.cond_val = self.cond_pos.to(device), self.cond_val.to(device)
+
+    def active(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, D) bool: decisions whose enclosing choices all select them."""
+        chosen = indices[:, self.cond_pos]  # (B, D, depth)
+        ok = (chosen == self.cond_val) | (self.cond_val < 0)
+        return ok.all(dim=2)
+
+    @abstractmethod
+    def sample(
+        self, num: int, generator: torch.Generator | None = None, temperature: float | None = None
+    ) -> torch.Tensor:
+        """(num, D) indices; at `temperature` τ < 1 nearer the mode."""
+
+    @abstractmethod
+    def log_prob(self, indices: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) log-probability of each architecture over its active (or `counted`) decisions."""
+
+    @abstractmethod
+    def entropy(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B,) entropy over each architecture's active decisions."""
+
+    @abstractmethod
+    def argmax(self) -> torch.Tensor:
+        """(D,) the likeliest option of every decision."""
+
+    @abstractmethod
+    def update(
+        self,
+        indices: torch.Tensor,
+        advantages: torch.Tensor,
+        counted: torch.Tensor,
+        lr: float,
+        entropy_coefficient: float = 0.0,
+    ) -> None:
+        """One REINFORCE step on the loss mean_k(−A_k·log π(a_k) − c·H(a_k)), counting only
+        `counted` decisions."""
+
+    @abstractmethod
+    def tensors(self) -> list[torch.Tensor]:
+        """What must agree across ranks (checked at the end of a distributed search)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def marginals(self) -> torch.Tensor | None:
+        """(D, C) each decision's option probabilities where the controller has them."""
+        return None
+
+
+class CategoricalPolicy(Controller):
+    """One categorical distribution per decision over its options, logits starting at 0,
+    updated by `adam` (a `PolicyAdam`; needed only by `update`)."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        device: torch.device | str = "cpu",
+        adam: PolicyAdam | None = None,
+    ):
+        super().__init__(space, device)
+        width = int(self.sizes.max())
+        self.valid = (torch.arange(width, device=device)[None, :] < self.sizes[:, None]).to(device)
+        self.logits = torch.zeros(len(self.sizes), width, dtype=torch.float64, device=device)
+        self.adam = adam
 
     # ---------------------------------------------------------------- distribution
     def log_probs(self) -> torch.Tensor:
@@ -100,12 +170,6 @@ class CategoricalPolicy:
 
     def argmax(self) -> torch.Tensor:
         return self.logits.masked_fill(~self.valid, -math.inf).argmax(dim=1)
-
-    def active(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, D) bool: decisions whose enclosing choices all select them."""
-        chosen = indices[:, self.cond_pos]  # (B, D, depth)
-        ok = (chosen == self.cond_val) | (self.cond_val < 0)
-        return ok.all(dim=2)
 
     def log_prob(self, indices: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) hierarchical log π(arch): the sum over active (and `counted`) decisions."""
@@ -143,11 +207,35 @@ class CategoricalPolicy:
             grad = grad - entropy_coefficient * dh * mask
         return grad * self.valid
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"logits": self.logits.clone()}
+    def update(
+        self,
+        indices: torch.Tensor,
+        advantages: torch.Tensor,
+        counted: torch.Tensor,
+        lr: float,
+        entropy_coefficient: float = 0.0,
+    ) -> None:
+        if self.adam is None:
+            raise ValueError("this policy has no optimiser: pass adam=PolicyAdam(...)")
+        grads = self.loss_gradients(indices, advantages, counted, entropy_coefficient)
+        self.adam.step(self.logits, grads, lr)
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def marginals(self) -> torch.Tensor:
+        return self.probs()
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.logits]
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"logits": self.logits.clone()}
+        if self.adam is not None:
+            state["adam"] = self.adam.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.logits.copy_(state["logits"])
+        if self.adam is not None and "adam" in state:
+            self.adam.load_state_dict(state["adam"])
 
 
 class PolicyAdam:
@@ -194,7 +282,7 @@ class PolicyAdam:
 
 
 def apply_warmup(
-    policy: CategoricalPolicy,
+    policy: Controller,
     indices: torch.Tensor,
     p_op: float,
     p_filter: float,

@@ -25,7 +25,7 @@ from nascli.data.source import DataSource
 from nascli.errors import NascliError
 from nascli.nn.supernet import Sample, Supernet, SupernetInit
 from nascli.search.driver import Strategy
-from nascli.search.policy import CategoricalPolicy, PolicyAdam, apply_warmup
+from nascli.search.policy import CategoricalPolicy, Controller, PolicyAdam, apply_warmup
 from nascli.search.rewards import (
     REWARDS,
     EmaBaseline,
@@ -197,8 +197,9 @@ class TunasSearch(Strategy):
         # optimiser.
         self.weight_decay = train_cfg.weight_decay
         self.optimizer = build_optimizer(self.net, train_cfg, self.peak_lr, weight_decay=0.0)
-        self.policy = CategoricalPolicy(self.space, ctx.device)
-        self.policy_adam = PolicyAdam(
+        # The controller: any `Controller`; TuNAS's is independent categoricals with its Adam.
+        self.policy: Controller = CategoricalPolicy(self.space, ctx.device)
+        self.policy.adam = PolicyAdam(
             self.policy.logits.shape,
             settings.policy_adam_beta1,
             settings.policy_adam_beta2,
@@ -258,7 +259,7 @@ class TunasSearch(Strategy):
             "entropy": record.entropy,
             "argmax_cost": float(self.cost_model(argmax)[0]),
             "indices": ";".join(":".join(map(str, row)) for row in record.indices),
-            **probability_columns(self.space, self.policy.probs()),
+            **probability_columns(self.space, self.policy.marginals()),
         }
 
     def status(self, row: dict[str, Any]) -> str:
@@ -274,7 +275,6 @@ class TunasSearch(Strategy):
             "supernet": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "policy": self.policy.state_dict(),
-            "policy_adam": self.policy_adam.state_dict(),
             "baseline": self.baseline.state_dict(),
             "rng": torch.get_rng_state(),
         }
@@ -282,8 +282,10 @@ class TunasSearch(Strategy):
     def load_state(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["supernet"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.policy.load_state_dict(state["policy"])
-        self.policy_adam.load_state_dict(state["policy_adam"])
+        policy = dict(state["policy"])
+        if "policy_adam" in state:  # checkpoints written before the controller held its Adam
+            policy["adam"] = state["policy_adam"]
+        self.policy.load_state_dict(policy)
         self.baseline.load_state_dict(state["baseline"])
         torch.set_rng_state(state["rng"])
         self.step = int(state["step"])
@@ -396,10 +398,9 @@ class TunasSearch(Strategy):
         baseline = self.baseline.update(float(rewards.mean()))
         advantages = rewards - baseline
         counted = self.policy.active(indices) & ~replaced
-        grads = self.policy.loss_gradients(
-            indices, advantages.to(self.ctx.device), counted, s.entropy_coefficient
+        self.policy.update(
+            indices, advantages.to(self.ctx.device), counted, policy_lr, s.entropy_coefficient
         )
-        self.policy_adam.step(self.policy.logits, grads, policy_lr)
         entropy = float(self.policy.entropy(indices).mean())
         return cost, rewards, baseline, advantages, entropy
 
@@ -443,7 +444,7 @@ class TunasSearch(Strategy):
 
 
 def likeliest_within(
-    policy: CategoricalPolicy,
+    policy: Controller,
     cost_model: CostModel,
     target: float,
     window: float,
@@ -464,7 +465,7 @@ def likeliest_within(
     inside = ((cost / target - 1).abs() <= window).to(indices.device)
     if not bool(inside.any()):
         return None
-    likelihood = policy.log_probs().gather(1, indices.T).T.sum(dim=1)
+    likelihood = policy.log_prob(indices, torch.ones_like(indices, dtype=torch.bool))
     return indices[likelihood.masked_fill(~inside, -math.inf).argmax()]
 
 
@@ -484,8 +485,11 @@ def option_label(value: Any) -> str:
     return "zero" if isinstance(value, Zero) else "layer"
 
 
-def probability_columns(space: SearchSpace, probs: torch.Tensor) -> dict[str, float]:
-    """`p/<decision path>/<option>` for every searched decision."""
+def probability_columns(space: SearchSpace, probs: torch.Tensor | None) -> dict[str, float]:
+    """`p/<decision path>/<option>` for every searched decision (none for a controller without
+    per-decision probabilities)."""
+    if probs is None:
+        return {}
     return {
         f"p/{d.path}/{option_label(value)}": float(probs[d.position, option])
         for d in space.decisions
