@@ -479,10 +479,10 @@ def test_profile_latency_builds_validates_and_caches(tmp_path, monkeypatch):
 
 
 def test_network_rounds_are_spread_over_the_layer_timing(run_cli, tmp_path, monkeypatch):
-    from nascli.jobs import profile_latency as job
+    from nascli.cost import profiler
 
     events = []
-    real_round, real_measure = job.RoundRobin.next_round, job.measure
+    real_round, real_measure = profiler.RoundRobin.next_round, profiler.measure
 
     def next_round(self):
         if len(self.runners) > 1:  # the networks' round robin, not a layer timed alone
@@ -493,8 +493,8 @@ def test_network_rounds_are_spread_over_the_layer_timing(run_cli, tmp_path, monk
         events.append("layer")
         return real_measure(*args, **kwargs)
 
-    monkeypatch.setattr(job.RoundRobin, "next_round", next_round)
-    monkeypatch.setattr(job, "measure", measure)
+    monkeypatch.setattr(profiler.RoundRobin, "next_round", next_round)
+    monkeypatch.setattr(profiler, "measure", measure)
     out = tmp_path / "run"
     result = run_cli("profile-latency", *QUICK, "cost.rounds=3", "cost.cache=false", f"out={out}")
     assert result.exit_code == 0, result.output
@@ -535,13 +535,13 @@ def test_without_in_network_lines_layers_are_summed_as_timed_alone(run_cli, tmp_
 
 
 def test_a_measurement_that_does_not_repeat_itself_is_flagged(run_cli, tmp_path, monkeypatch):
-    from nascli.jobs import profile_latency as job
+    from nascli.cost import profiler
 
     def halves(self):  # every validation arch twice as slow in the odd rounds as in the even
         even = np.arange(1.0, len(self.samples) + 1)
         return even, 2 * even
 
-    monkeypatch.setattr(job.RoundRobin, "halves", halves)
+    monkeypatch.setattr(profiler.RoundRobin, "halves", halves)
     out = tmp_path / "run"
     result = run_cli("profile-latency", *QUICK, "cost.cache=false", f"out={out}")
     assert result.exit_code == 0, result.output
@@ -599,7 +599,7 @@ def test_bad_table_settings_are_refused_before_any_timing(run_cli, tmp_path, ove
 
 
 def test_a_partial_table_cut_mid_line_is_cut_back_to_its_last_whole_line(tmp_path):
-    from nascli.jobs.profile_latency import read_partial
+    from nascli.cost.profiler import read_partial
 
     partial = tmp_path / "lut_partial.csv"
     partial.write_text("")

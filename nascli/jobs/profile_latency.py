@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import io
-import json
-import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,40 +17,17 @@ from rich.table import Table
 
 from nascli.config import configured_network, network_settings, run_directory
 from nascli.cost.analytic import network_cost
-from nascli.cost.lut import (
-    FEATURES,
-    LookupTable,
-    Timed,
-    accuracy,
-    choose_correction,
-    corrected,
-    distinct_layers,
-    drift_corrected,
-    fit_corrections,
-    fit_in_network,
-    layer_group,
-    layer_key,
-    network_features,
-    profile_layers,
-)
-from nascli.cost.models import cached_lut_path, lut_identity, measure_network
+from nascli.cost.models import cached_lut_path, measure_network
+from nascli.cost.profiler import TableBuilder, TableOptions
 from nascli.cost.timing import (
-    REWARM,
-    PartRounds,
     Protocol,
-    RoundRobin,
-    Runner,
-    measure,
     protocol_from_config,
 )
-from nascli.errors import NascliError
 from nascli.files import write_json
-from nascli.nn.builder import build_model, layer_modules
 from nascli.report import plots
 from nascli.report.summary import RunSummary
 from nascli.report.tables import human
-from nascli.space.arch import get_space, sample_indices
-from nascli.space.network import Network, decode
+from nascli.space.arch import get_space
 from nascli.train.distributed import resolve_device
 
 #: The columns of `lut_partial.csv` and `layer_timings.csv`: each layer's median milliseconds
@@ -139,198 +114,36 @@ def describe_correction(fit: dict[str, float]) -> str:
     return f"{text} {fit['offset']:+.3f} ms"
 
 
-def choose_and_validate(
-    frame: pd.DataFrame, sums: str
-) -> tuple[str, dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """Every correction fitted on the calibration archs with `sums` as the layer sum, the one
-    chosen by leave-one-out, and each one's accuracy on the validation archs."""
-
-    def features(rows: pd.DataFrame) -> dict[str, np.ndarray]:
-        return {name: rows[name].to_numpy() for name in FEATURES} | {
-            "layer_sum_ms": rows[sums].to_numpy()
-        }
-
-    calib, valid = frame[frame.set == "calibrate"], frame[frame.set == "validate"]
-    best = choose_correction(features(calib), calib.measured_ms.to_numpy())
-    fits = fit_corrections(features(calib), calib.measured_ms.to_numpy())
-    report = {
-        name: {**fit, **accuracy(corrected(fit, features(valid)), valid.measured_ms.to_numpy())}
-        for name, fit in fits.items()
-    }
-    return best, fits, report
-
-
-def mixed_sets(calibrate: int, validate: int) -> list[str]:
-    """Which of the sampled archs calibrate and which validate: the two sets evenly mixed in
-    measuring order, so that whatever the machine does during a round falls on both alike."""
-    total = calibrate + validate
-    return [
-        "calibrate" if (p + 1) * calibrate // total > p * calibrate // total else "validate"
-        for p in range(total)
-    ]
-
-
-def in_network_rows(
-    networks: list[Network], alone: dict[str, float], medians: list[list[float]]
-) -> pd.DataFrame:
-    """One row per layer of each network: its group and key, its table entry (alone) and its
-    median inside the network."""
-    return pd.DataFrame(
-        [
-            (number, layer.name, layer_group(layer), layer_key(layer), alone[layer_key(layer)], ms)
-            for number, (network, times) in enumerate(zip(networks, medians, strict=True))
-            for layer, ms in zip(network.layers, times, strict=True)
-        ],
-        columns=["network", "layer", "group", "key", "alone_ms", "inside_ms"],
-    )
-
-
-def read_partial(path: Path) -> dict[str, Timed]:
-    """The layers an interrupted run timed. A last line cut short (a crash while it was being
-    written) is cut off the file, so that layer is timed again and appending stays well formed."""
-    data = path.read_bytes()
-    whole = data.rfind(b"\n") + 1
-    if whole < len(data):
-        with path.open("r+b") as file:
-            file.truncate(whole)
-    if not whole:  # killed before its first layer was written
-        return {}
-    rows = pd.read_csv(
-        io.StringIO(data[:whole].decode()), names=list(TIMING_COLUMNS), float_precision="round_trip"
-    )
-    return {row.key: (row.raw_ms, row.probe_ms, int(row.probe)) for row in rows.itertuples()}
-
-
 def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path) -> None:
     started = time.perf_counter()
     space = get_space(cfg.space.name)
     settings = network_settings(cfg)
-    identity = lut_identity(space, settings, protocol)
-    out.mkdir(parents=True, exist_ok=True)
-    partial = out / "lut_partial.csv"
-    identity_file = out / "lut_partial.json"
-    partial_identity = {**identity, "probe_every": cfg.cost.probe_every}
-    done: dict[str, Timed] = {}
-    if partial.exists():  # resume an interrupted profiling run
-        if json.loads(identity_file.read_text()) != partial_identity:
-            raise NascliError(f"{partial} was measured under other settings; use a new out=")
-        done = read_partial(partial)
-        console.print(f"resuming: {len(done)} layers already measured")
-    else:
-        write_json(identity_file, partial_identity)
-    with console.status("enumerating the layers the space can produce"):
-        layers = distinct_layers(space, settings)
-    torch.manual_seed(cfg.seed)
-    shape = (protocol.batch_size, settings.in_channels, settings.resolution, settings.resolution)
-    # The drift probe: the space's first architecture, timed every `probe_every` layers.
-    first = decode(space, [0] * len(space.decisions), settings)
-    probe_runner = Runner(build_model(first), shape, protocol)
+    c = cfg.cost
+    options = TableOptions(
+        c.calibrate, c.validate, c.rounds, c.in_network, c.probe_every, seed=cfg.seed
+    )
+    builder = TableBuilder(space, settings, protocol, options, out)
+    if builder.resumed:
+        console.print(f"resuming: {builder.resumed} layers already measured")
+    if builder.in_network_skipped:
+        console.print(builder.in_network_skipped)
+    with progress(console) as bar:
+        tasks: dict[str, Any] = {}
 
-    def probe() -> float:
-        return statistics.median(probe_runner.samples(REWARM, PROBE_RUNS))
+        def started_timing(layers: int, already: int) -> None:
+            tasks["layers"] = bar.add_task(
+                f"layers of {space.name}", total=layers, completed=already
+            )
+            tasks["rounds"] = bar.add_task("end-to-end networks, rounds", total=options.rounds)
 
-    # The calibration and validation networks are measured in rounds spread over the layers
-    # still to time, so that both are measured over the same period of this machine's life.
-    generator = torch.Generator().manual_seed(cfg.seed)
-    archs = sample_indices(space, cfg.cost.calibrate + cfg.cost.validate, generator)
-    networks = [decode(space, indices, settings) for indices in archs.tolist()]
-    sets = mixed_sets(cfg.cost.calibrate, cfg.cost.validate)
-    calibration = [
-        network for network, kind in zip(networks, sets, strict=True) if kind == "calibrate"
-    ]
-    rounds = cfg.cost.rounds
-    robin = RoundRobin([(build_model(network), shape) for network in networks], protocol, rounds)
-    # The calibration networks' layers timed inside them, in the same rounds, on copies with
-    # forward hooks (the hooks' own cost stays out of the end-to-end numbers).
-    inside = None
-    if cfg.cost.in_network and protocol.backend != "torch":
-        console.print(
-            f"cost.in_network: layers can only be timed inside a network with the torch "
-            f"backend; with {protocol.backend} they are summed as timed alone"
+        report = builder.build(
+            started=started_timing,
+            layer_done=lambda: bar.advance(tasks["layers"]),
+            round_done=lambda done: bar.update(tasks["rounds"], completed=done),
         )
-    elif cfg.cost.in_network:
-        models = [build_model(network) for network in calibration]
-        parts = [layer_modules(model) for model in models]
-        inside = PartRounds([(model, shape) for model in models], protocol, rounds, parts)
-    todo = sum(1 for key in layers if key not in done)
-    due = [todo * r // rounds for r in range(rounds)]  # layers timed before round r
-    timed_here = 0
-
-    with progress(console) as bar, partial.open("a") as log:
-        task = bar.add_task(f"layers of {space.name}", total=len(layers), completed=len(done))
-        network_task = bar.add_task("end-to-end networks, rounds", total=rounds)
-
-        def next_round() -> None:
-            robin.next_round()
-            if inside is not None:
-                inside.next_round()
-            bar.update(network_task, completed=robin.done)
-
-        def timer(module: torch.nn.Module, layer_shape: tuple[int, ...]) -> float:
-            nonlocal timed_here
-            while robin.done < rounds and due[robin.done] <= timed_here:
-                next_round()
-            timed_here += 1
-            return measure(module, (protocol.batch_size, *layer_shape), protocol).median_ms
-
-        def record(key: str, timing: Timed) -> None:
-            ms, reading, number = timing
-            log.write(f'"{key}",{ms!r},{reading!r},{number}\n')
-            log.flush()
-            bar.advance(task)
-
-        timed = profile_layers(
-            layers, timer, done, record, probe if cfg.cost.probe_every else None,
-            cfg.cost.probe_every,
-        )  # fmt: skip
-        while robin.done < rounds:
-            next_round()
-    timed = {k: timed[k] for k in layers}
-    table = LookupTable(drift_corrected(timed), identity)
-    if inside is not None:
-        rows = in_network_rows(calibration, table.entries, inside.part_medians())
-        rows.to_csv(out / "in_network.csv", index=False)
-        table.in_network = fit_in_network(rows)
-    timings = robin.timings()
-    features = pd.DataFrame(
-        [network_features(network, table.layer_sum(network)) for network in networks]
-    )
-    features["alone_sum_ms"] = [table.layer_sum(network, inside=False) for network in networks]
-    frame = pd.DataFrame(
-        {
-            "indices": [":".join(map(str, indices)) for indices in archs.tolist()],
-            "set": sets,
-            **features,
-            "measured_ms": [timing.median_ms for timing in timings],
-        }
-    )
-    repeatability = None
-    if rounds >= 2:  # the measurement against itself: even-numbered rounds against odd ones
-        frame["measured_even_ms"], frame["measured_odd_ms"] = robin.halves()
-        halves = frame[frame.set == "validate"]
-        agreement = accuracy(halves.measured_even_ms.to_numpy(), halves.measured_odd_ms.to_numpy())
-        repeatability = {k: agreement[k] for k in ("within_10", "within_5", "mape")}
-    best, fits, report = choose_and_validate(frame, "layer_sum_ms")
-    for name, fit in fits.items():
-        frame[f"predicted_{name}_ms"] = corrected(fit, frame)
-    table.correction = fits[best]
-    alone = None
-    if table.in_network:  # what the same choice makes of the layers summed as timed alone
-        alone_best, _, alone_report = choose_and_validate(frame, "alone_sum_ms")
-        alone = {"correction_kind": alone_best, **alone_report[alone_best]}
-    readings = np.array([reading for _, reading, _ in timed.values()])
-    drift = {"probe_every": cfg.cost.probe_every, "probe_p10_ms": 0.0, "probe_p90_ms": 0.0}
-    if cfg.cost.probe_every:
-        drift["probe_p10_ms"], drift["probe_p90_ms"] = np.percentile(readings, [10, 90]).tolist()
-    table.meta = {
-        **identity,
-        "correction_kind": best,
-        "validation": report,
-        "alone": alone,
-        "repeatability": repeatability,
-        "drift": drift,
-    }
-
+    table, frame, best = report.table, report.networks, report.best
+    if report.in_network is not None:
+        report.in_network.to_csv(out / "in_network.csv", index=False)
     table.save(out / "lut.csv")
     frame.to_csv(out / "validation.csv", index=False)
     plot = frame[frame.set == "validate"].rename(columns={f"predicted_{best}_ms": "predicted_ms"})
@@ -339,13 +152,10 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         plot[["measured_ms", "predicted_ms"]],
         f"{space.name} · {settings.resolution}px · {protocol.threads} threads · {best} correction",
     )
-    layer_timings = pd.DataFrame(
-        [(key, *timing) for key, timing in timed.items()], columns=list(TIMING_COLUMNS)
-    )
-    layer_timings["median_ms"] = layer_timings.key.map(table.entries)
-    layer_timings.to_csv(out / "layer_timings.csv", index=False)
-    partial.unlink()
-    identity_file.unlink()
+    report.timings.to_csv(out / "layer_timings.csv", index=False)
+    builder.discard_partial()
+    layers, alone = len(report.timings), report.alone
+    repeatability, drift = report.repeatability, report.drift
     RunSummary(
         command="profile-latency",
         strategy=None,
@@ -357,24 +167,23 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         seconds=time.perf_counter() - started,
         wall_seconds=time.perf_counter() - started,
         details={
-            "layers": len(layers),
+            "layers": layers,
             "resolution": settings.resolution,
             "correction_kind": best,
-            "validation": report[best],
+            "validation": report.report[best],
             "repeatability": repeatability,
         },
     ).write(out / "summary.json")
 
     summary = Table(
-        title=f"LUT {space.name}: {len(layers)} layers, "
-        f"validated on {cfg.cost.validate} random archs",
+        title=f"LUT {space.name}: {layers} layers, validated on {cfg.cost.validate} random archs",
         title_justify="left",
     )
     summary.add_column("correction")
     summary.add_column("fit")
     for column in ("±10%", "±5%", "MAPE", "ρ", "chosen"):
         summary.add_column(column, justify="right")
-    for name, r in report.items():
+    for name, r in report.report.items():
         summary.add_row(
             name, describe_correction(r), f"{r['within_10']:.0%}",
             f"{r['within_5']:.0%}", f"{r['mape']:.1%}", f"{r['spearman']:.3f}",
@@ -414,10 +223,10 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         )
     console.print(
         f"wrote {out}/lut.csv, lut.json, layer_timings.csv, validation.csv, lut_validation.png"
-        + (", in_network.csv" if inside is not None else "")
+        + (", in_network.csv" if report.in_network is not None else "")
     )
     if cfg.cost.cache:
-        cached = cached_lut_path(identity)
+        cached = cached_lut_path(builder.identity)
         table.save(cached)
         console.print(f"cached as {cached}: `cost=lut` finds it for these settings")
 
