@@ -325,3 +325,22 @@ def test_an_autograd_controller_plugs_into_the_tunas_step():
     again.policy = AutogradCategorical(again.space)
     again.load_state(state)
     assert torch.equal(again.policy.logits.detach(), search.policy.logits.detach())
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.amp=bf16", "train.amp=bf16: not implemented by the TuNAS search step"),
+        ("train.ema_decay=0.999", "train.ema_decay=0.999: not implemented"),
+        ("train.compile=true", "train.compile=true: not implemented"),
+        ("train.channels_last=true", "train.channels_last=true: not implemented"),
+    ],
+)
+def test_a_train_key_the_search_step_does_not_implement_is_refused_before_work(
+    run_cli, tmp_path, override, message
+):
+    out = tmp_path / "s"
+    result = run_cli("search", *TINY, override, f"out={out}")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith(f"error: {message}")
+    assert not (out / "last.pt").exists() and not (out / "search_log.csv").exists()

@@ -37,6 +37,7 @@ from nascli.search.registry import STRATEGIES, resolve
 from nascli.search.tunas import (
     TunasSearch,
     TunasSettings,
+    check_search_recipe,
     default_target,
 )
 from nascli.space.arch import Architecture, get_space
@@ -69,6 +70,7 @@ def run_tunas(cfg: DictConfig) -> None:
     ctx = context(cfg.device)
     console = Console(quiet=not ctx.is_main)
     settings = TunasSettings.from_config(cfg.strategy)
+    check_search_recipe(cfg.train)
     space = get_space(cfg.space.name)
     net_settings = network_settings(cfg)
     cost_model = make_cost_model(cfg.cost, space, net_settings, str(ctx.device))

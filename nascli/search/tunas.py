@@ -150,6 +150,38 @@ class Batches:
         return batch
 
 
+#: `train.*` keys the weight-shared step does not implement, with the value that means "off".
+#: A search refuses any other value instead of ignoring it. (`bn_momentum` has no role: BN
+#: uses batch statistics throughout a search, as TuNAS's; `log_every`, `checkpoint_every`
+#: and `eval_batch_size` are the strategy's own `strategy.log_every` / `checkpoint_every` and
+#: the reward batches.)
+SEARCH_UNSUPPORTED_TRAIN = {
+    "amp": "none",
+    "ema_decay": None,
+    "compile": False,
+    "sync_bn": False,
+    "decay_classifier": False,
+}
+
+
+def check_search_recipe(train_cfg: Any) -> None:
+    """One line naming the first `train.*` key a TuNAS search would otherwise ignore."""
+
+    def text(value: Any) -> str:
+        return "null" if value is None else str(value).lower()
+
+    for key, off in SEARCH_UNSUPPORTED_TRAIN.items():
+        if train_cfg.get(key, off) != off:
+            raise NascliError(
+                f"train.{key}={text(train_cfg.get(key))}: not implemented by the TuNAS search "
+                f"step (fp32, eager, batch-statistics BN, no EMA); use train.{key}={text(off)}"
+            )
+    if train_cfg.get("channels_last") is True:
+        raise NascliError(
+            "train.channels_last=true: not implemented by the TuNAS search step; use auto"
+        )
+
+
 class TunasSearch(Strategy):
     """The search state (supernet, optimisers, policy, baseline) and one step of it."""
 
