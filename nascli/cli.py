@@ -151,12 +151,11 @@ def compare_runs(
     top-1, time and images processed; and one accuracy-vs-cost plot."""
     from pathlib import Path
 
-    from rich.console import Console
-
     from nascli.jobs.compare import compare
+    from nascli.report.tables import output_console
 
     try:
-        compare([Path(r) for r in runs], Path(plot) if plot else None, Console())
+        compare([Path(r) for r in runs], Path(plot) if plot else None, output_console(220))
     except NascliError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(error.exit_code) from None

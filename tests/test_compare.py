@@ -84,3 +84,16 @@ def test_compare_reads_the_current_schema_and_writes_its_table_as_csv(run_cli, t
     table = pd.read_csv(plot.with_suffix(".csv"))
     assert table.strategy.tolist() == ["random", "zen"] and table.cost.tolist() == [83.0, 83.0]
     assert table.valid_top1.iloc[0] == 0.8 and pd.isna(table.valid_top1.iloc[1])
+
+
+def test_without_a_terminal_the_table_keeps_run_names_whole(run_cli, tmp_path):
+    from nascli.report.summary import RunSummary
+
+    run = tmp_path / "proxylessnas_enlarged-84-seed4-zero-width"
+    run.mkdir()
+    RunSummary("search", "tunas", "proxylessnas_enlarged", seed=4, indices="0", cost=84.1,
+               cost_units="ms", target=84.0, params=10, macs=20, supernet_top1=0.9,
+               chance_top1=0.1, images=5, seconds=1.0).write(run / "summary.json")  # fmt: skip
+    result = run_cli("compare", str(run), "--plot", "")
+    assert result.exit_code == 0, result.output
+    assert run.name in result.output and "proxylessnas_enlarged" in result.output

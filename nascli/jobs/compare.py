@@ -74,8 +74,9 @@ def compare(runs: list[Path], plot: Path | None, console: Console) -> list[dict[
     table = Table(title="runs", title_justify="left")
     columns = ("run", "strategy", "space", "target", "cost", "params", "MACs", "valid top1",
                "supernet reward top1", "test top1", "time", "images")  # fmt: skip
-    for column in columns:
-        table.add_column(column, justify="left" if column == "run" else "right")
+    for column in columns:  # the run, strategy and space a user copies: never split
+        whole = column in ("run", "strategy", "space")
+        table.add_column(column, justify="left" if column == "run" else "right", no_wrap=whole)
     for r in rows:
         units = f" {r['cost_units']}" if r["cost"] is not None else ""
         table.add_row(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from omegaconf import DictConfig
-from rich.console import Console
 from rich.table import Table
 
+from nascli.report.tables import output_console
 from nascli.space.references import references_in
 from nascli.space.spaces import SPACES
 
@@ -33,7 +33,4 @@ def spaces_table() -> Table:
 
 
 def run(cfg: DictConfig) -> None:
-    console = Console()
-    if not console.is_terminal:  # a pipe or a file: no 80-column default to wrap names into
-        console = Console(width=100)
-    console.print(spaces_table())
+    output_console(100).print(spaces_table())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 
 from nascli.cost.analytic import NetworkCost
@@ -102,3 +103,10 @@ def result_table(
     table.add_row(f"cost ({cost_name})", f"{value:.4g} {units}{where}")
     table.add_row("params · MACs", f"{human(cost.params)} · {human(cost.macs)}")
     return table
+
+
+def output_console(width: int) -> Console:
+    """The terminal's console; without one (a pipe, a file), one `width` columns wide, so that
+    tables are not squeezed into 80 columns and no name a user copies is cut or split."""
+    console = Console()
+    return console if console.is_terminal else Console(width=width)
