@@ -164,7 +164,9 @@ def group_options(config_name: str = "config") -> dict[str, tuple[list[str], str
                 chosen[key.removeprefix("override ").strip()] = value
 
     read(config_name)
-    groups = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    groups = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")
+    )
     return {
         group: (
             sorted(f.name[:-5] for f in (root / group).iterdir() if f.name.endswith(".yaml")),

@@ -250,3 +250,13 @@ def test_command_help_lists_every_config_group_with_its_default_here(run_cli, co
         assert f"{group}: {options[0]}" in text
         assert f"{default}*" in text
     assert f"{strategy}*" in text
+
+
+def test_the_run_log_file_holds_what_the_command_printed(run_cli, tmp_path):
+    out = tmp_path / "b"
+    result = run_cli("build", f"arch={MOBILE}", "data=digits", "data.resolution=32", f"out={out}")
+    assert result.exit_code == 0, result.output
+    log = (out / "build.log").read_text()
+    assert "[nascli][INFO]" in log and "params" in log and f"wrote {out}/arch.json" in log
+    assert log.count("indices ") == 1  # printed once to the log, not once per handler
+    assert "[nascli]" not in result.output  # and on the terminal only by rich, not by logging

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from omegaconf import DictConfig
-from rich.console import Console
 
 from nascli.config import configured_network, run_directory
 from nascli.cost.analytic import network_cost
@@ -12,13 +11,14 @@ from nascli.errors import missing_extra
 from nascli.files import atomic_path, write_json
 from nascli.nn.builder import build_model
 from nascli.nn.export import ONNX_MODULES, export_onnx, export_torchscript
+from nascli.report.console import RunConsole
 from nascli.report.records import arch_record
 from nascli.report.tables import human, layer_table
 from nascli.space.arch import get_space
 
 
 def run(cfg: DictConfig) -> None:
-    console = Console()
+    console = RunConsole()
     arch, network = configured_network(cfg)
     space = get_space(arch.space)
     cost = network_cost(network)

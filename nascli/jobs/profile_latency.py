@@ -25,6 +25,7 @@ from nascli.cost.timing import (
 )
 from nascli.files import write_json
 from nascli.report import plots
+from nascli.report.console import RunConsole
 from nascli.report.summary import RunSummary
 from nascli.report.tables import human
 from nascli.space.arch import get_space
@@ -232,7 +233,7 @@ def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
 
 
 def run(cfg: DictConfig) -> None:
-    console = Console()
+    console = RunConsole()
     device = str(resolve_device(cfg.device))
     protocol = protocol_from_config(cfg.cost, device)
     torch.set_flush_denormal(True)

@@ -22,13 +22,13 @@ from typing import Any
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 from rich.table import Table
 
 from nascli.config import network_settings, run_directory
 from nascli.errors import NascliError
 from nascli.files import write_csv
 from nascli.report import plots
+from nascli.report.console import RunConsole
 from nascli.report.ranking import kendall, spearman
 from nascli.search.proxies import PROXIES, ProxySettings, scorable, score
 from nascli.space.arch import get_space, parse_indices
@@ -69,7 +69,7 @@ def read_input(path: Path, accuracy: str) -> tuple[pd.DataFrame, DictConfig | No
 
 
 def run(cfg: DictConfig) -> None:
-    console = Console()
+    console = RunConsole()
     options = cfg.proxies
     if not cfg.input:
         raise NascliError(

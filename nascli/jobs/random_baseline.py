@@ -32,6 +32,7 @@ from nascli.errors import NascliError
 from nascli.files import write_csv, write_json
 from nascli.nn.builder import build_model
 from nascli.report import plots
+from nascli.report.console import RunConsole
 from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import human
@@ -144,7 +145,7 @@ def train_candidate(
 def run_random(cfg: DictConfig) -> None:
     started = time.perf_counter()
     ctx = context(cfg.device)
-    console = Console(quiet=not ctx.is_main)
+    console = RunConsole(quiet=not ctx.is_main)
     out = run_directory()
     sampled = sampled_candidates(cfg, out, console)
     request = sampled["request"]

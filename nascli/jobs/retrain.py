@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from rich.console import Console
 from rich.table import Table
 
 from nascli.config import configured_network, fingerprint_sections, run_directory
@@ -15,6 +14,7 @@ from nascli.cost.analytic import network_cost
 from nascli.data import load_data
 from nascli.files import write_json
 from nascli.nn.builder import build_model
+from nascli.report.console import RunConsole
 from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import human
@@ -54,7 +54,7 @@ def history_table(history: list[dict[str, Any]]) -> Table:
 def run(cfg: DictConfig) -> None:
     started = time.perf_counter()
     ctx = context(cfg.device)
-    console = Console(quiet=not ctx.is_main)
+    console = RunConsole(quiet=not ctx.is_main)
     arch, network = configured_network(cfg)
     cost = network_cost(network)
     torch.manual_seed(cfg.seed)

@@ -28,6 +28,7 @@ from nascli.errors import NascliError
 from nascli.files import write_json
 from nascli.nn.supernet import Supernet
 from nascli.report import plots
+from nascli.report.console import RunConsole
 from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import result_table
@@ -68,7 +69,7 @@ def run(cfg: DictConfig) -> None:
 def run_tunas(cfg: DictConfig) -> None:
     started = time.perf_counter()
     ctx = context(cfg.device)
-    console = Console(quiet=not ctx.is_main)
+    console = RunConsole(quiet=not ctx.is_main)
     settings = TunasSettings.from_config(cfg.strategy)
     check_search_recipe(cfg.train)
     space = get_space(cfg.space.name)

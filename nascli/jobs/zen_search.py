@@ -24,6 +24,7 @@ from nascli.cost.models import make_cost_model
 from nascli.errors import NascliError
 from nascli.files import write_json
 from nascli.report import plots
+from nascli.report.console import RunConsole
 from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import human, result_table
@@ -47,7 +48,7 @@ def run_zen(cfg: DictConfig) -> None:
     started = time.perf_counter()
     if world_size() > 1:
         raise NascliError("strategy=zen runs in one process: start it without torchrun")
-    console = Console()
+    console = RunConsole()
     settings = ZenSettings.from_config(cfg.strategy)
     space = get_space(cfg.space.name)
     net_settings = network_settings(cfg)
