@@ -245,11 +245,11 @@ def test_tunas_keeps_the_papers_settings_and_tunas_cpu_changes_only_its_document
     assert paper.supernet_init == SupernetInit()  # TuNAS's independent initialisers
     assert (paper.cost_exponent, paper.final_selection, paper.archs_per_rank) == (-0.1, "argmax", 1)
     assert paper.policy_lr is None and paper.policy_lr_per_256 == 0.0003
-    assert cpu.supernet_init == SupernetInit(True, True, True)
+    assert cpu.supernet_init == SupernetInit(True, True, True, True)
     changed = {k for k, v in cpu.to_dict().items() if paper.to_dict()[k] != v}
     assert changed == {
         "archs_per_rank", "policy_lr", "cost_exponent", "final_selection",
-        "zero_init_residual", "tied_kernels", "zero_init_se",
+        "zero_init_residual", "tied_kernels", "zero_init_se", "zero_init_width",
     }  # fmt: skip
 
 
