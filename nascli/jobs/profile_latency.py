@@ -72,17 +72,15 @@ def measure_one(cfg: DictConfig, protocol: Protocol, console: Console, out: Path
         out / "latency.json",
         {"indices": arch.text, "space": arch.space, **timing.__dict__, "protocol": info},
     )
-    RunSummary(
+    RunSummary.of_architecture(
+        arch,
+        cost,
         command="profile-latency",
         strategy=None,
-        space=arch.space,
         seed=cfg.seed,
-        indices=arch.text,
         cost_model="measured",
         cost=timing.median_ms,
         cost_units="ms",
-        params=cost.params,
-        macs=cost.macs,
         images=0,
         seconds=seconds,
         wall_seconds=time.perf_counter() - started,

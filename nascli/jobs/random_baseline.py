@@ -292,18 +292,16 @@ def finish_random(
     arch = Architecture(space.name, tuple(int(i) for i in best["indices"].split(":")))
     network = decode(space, arch.indices, network_settings(cfg))
     cost = network_cost(network)
-    summary = RunSummary(
+    summary = RunSummary.of_architecture(
+        arch,
+        cost,
         command="search",
         strategy="random",
-        space=space.name,
         seed=cfg.seed,
-        indices=arch.text,
         cost_model=request["cost_model"],
         cost=float(best["cost"]),
         cost_units=request["cost_units"],
         target=request["target"],
-        params=cost.params,
-        macs=cost.macs,
         valid_top1=float(best["valid_top1"]),
         images=int(done["images"].sum()),
         seconds=float(done["train_seconds"].sum()),

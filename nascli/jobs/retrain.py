@@ -85,15 +85,13 @@ def run(cfg: DictConfig) -> None:
     except Interrupted as stop:
         exit_interrupted(console, stop.signum, f"at step {stop.step}", out)
     test = trainer.evaluate("test")
-    summary = RunSummary(
+    summary = RunSummary.of_architecture(
+        arch,
+        cost,
         command="retrain",
         strategy=None,
-        space=arch.space,
         seed=cfg.seed,
         world_size=ctx.world,
-        indices=arch.text,
-        params=cost.params,
-        macs=cost.macs,
         valid_top1=outcome.best_valid_top1,
         test_top1=test.top1,
         images=outcome.steps * cfg.train.batch_size,

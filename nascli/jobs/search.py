@@ -133,19 +133,17 @@ def finish(
     value = search.cost_model.cost(arch.indices)
     units = search.cost_model.units
     signal = accuracy_signal([row["quality"] for row in rows], search.net.settings.num_classes)
-    summary = RunSummary(
+    summary = RunSummary.of_architecture(
+        arch,
+        cost,
         command="search",
         strategy="tunas",
-        space=space.name,
         seed=cfg.seed,
         world_size=search.ctx.world,
-        indices=arch.text,
         cost_model=search.cost_model.name,
         cost=value,
         cost_units=units,
         target=target,
-        params=cost.params,
-        macs=cost.macs,
         supernet_top1=signal.final,
         chance_top1=signal.chance,
         images=search.step * cfg.train.batch_size,
@@ -170,7 +168,7 @@ def finish(
     record["search"] = summary.search_record()
     write_json(out / "arch.json", record)
     summary.write(out / "summary.json")
-    facts = summary.record()
+    details = summary.details
     log = pd.DataFrame(rows)
     (out / "plots").mkdir(exist_ok=True)
     plots.search_curves(out / "plots" / "search_curves.png", log, target, units, signal.chance)
@@ -180,17 +178,17 @@ def finish(
     if selection != "argmax":
         table.add_row(
             "chosen as",
-            f"{selection} (the policy's argmax costs {facts['argmax_cost']:.4g} {units})",
+            f"{selection} (the policy's argmax costs {details['argmax_cost']:.4g} {units})",
         )
-    table.add_row("steps · images", f"{search.step:,} · {facts['images']:,}")
+    table.add_row("steps · images", f"{search.step:,} · {summary.images:,}")
     table.add_row("search time", f"{seconds:.0f} s")
     table.add_row(
         "reward accuracy (supernet)",
         f"{signal.final:.1%} at the end (chance {signal.chance:.0%})",
     )
-    if facts["entropy_final"] is not None:
+    if details["entropy_final"] is not None:
         table.add_row(
-            "policy entropy", f"{facts['entropy_first']:.1f} → {facts['entropy_final']:.1f}"
+            "policy entropy", f"{details['entropy_first']:.1f} → {details['entropy_final']:.1f}"
         )
     console.print(table)
     warning = signal.warning()

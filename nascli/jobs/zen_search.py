@@ -94,18 +94,16 @@ def finish(
     units = search.cost_model.units
     p = settings.proxy_settings
     scored = search.counts.get("scored", 0)
-    summary = RunSummary(
+    summary = RunSummary.of_architecture(
+        arch,
+        cost,
         command="search",
         strategy="zen",
-        space=space.name,
         seed=cfg.seed,
-        indices=arch.text,
         cost_model=search.cost_model.name,
         cost=best.cost,
         cost_units=units,
         target=max_cost,
-        params=cost.params,
-        macs=cost.macs,
         images=0,  # nothing is trained
         seconds=seconds,
         wall_seconds=time.perf_counter() - started,

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from nascli.cost.analytic import NetworkCost
 from nascli.errors import NascliError
 from nascli.files import write_json
+from nascli.space.arch import Architecture
 
 FORMAT = 2
 
@@ -46,6 +48,20 @@ class RunSummary:
     seconds: float | None = None
     wall_seconds: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of_architecture(
+        cls, arch: Architecture, analytic: NetworkCost, /, **fields: Any
+    ) -> RunSummary:
+        """The summary of a run whose result (or subject) is `arch`: its space, indices,
+        params and MACs filled in from it and its analytic costs."""
+        return cls(
+            space=arch.space,
+            indices=arch.text,
+            params=analytic.params,
+            macs=analytic.macs,
+            **fields,
+        )
 
     @property
     def relative_to_target(self) -> float | None:
