@@ -20,8 +20,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nascli.cost.lut import MIN_CALIBRATION
-from nascli.errors import NascliError
+from nascli.errors import NascliError, Stopped
 from nascli.files import RunLock
+from nascli.report.console import RunConsole
 from nascli.settings import check_fields, option
 from nascli.space.arch import Architecture, get_space, load_architecture, space_of
 from nascli.space.network import STRIDE_POLICIES, Network, NetworkSettings, decode
@@ -274,6 +275,9 @@ def run_hydra_job(
             finally:
                 if own:
                     lock.release()
+        except Stopped as stop:  # a checkpoint was written: how to resume, not an error
+            RunConsole().print(str(stop), soft_wrap=True, markup=False)
+            sys.exit(stop.exit_code)
         except NascliError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(error.exit_code)

@@ -21,3 +21,17 @@ def missing_extra(extra: str, *modules: str) -> str | None:
     if not missing:
         return None
     return f"{', '.join(missing)} not installed: pip install 'nascli[{extra}]'"
+
+
+class Stopped(NascliError):
+    """SIGTERM or SIGINT, after a checkpoint was written: the CLI prints how to resume (on
+    standard output, like the run's other lines) and exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int, where: str, out: object):
+        import signal
+
+        super().__init__(
+            f"{signal.Signals(signum).name}: stopped {where} with a checkpoint in {out}; rerun "
+            f"the same command with out={out} to resume",
+            exit_code=128 + signum,
+        )

@@ -51,17 +51,17 @@ def test_default_windows_are_tunas_windows_for_the_pixel1_targets():
 
 
 def test_random_baseline_trains_resumes_and_reports_failures(run_cli, tmp_path, monkeypatch):
-    import nascli.jobs.random_baseline as job
+    from nascli.search.evaluator import Evaluator
 
     out = tmp_path / "rb"
-    real = job.train_candidate
+    real = Evaluator.evaluate
 
-    def flaky(cfg, number, *args):
-        if number == 1:
+    def flaky(self, indices, run_dir):
+        if run_dir.name == "1":
             raise RuntimeError("out of memory (simulated)")
-        return real(cfg, number, *args)
+        return real(self, indices, run_dir)
 
-    monkeypatch.setattr(job, "train_candidate", flaky)
+    monkeypatch.setattr(Evaluator, "evaluate", flaky)
     result = run_cli("random-baseline", *TINY, f"out={out}")
     assert result.exit_code == 4, result.output
     assert "1 candidate(s) failed" in result.output
@@ -71,7 +71,7 @@ def test_random_baseline_trains_resumes_and_reports_failures(run_cli, tmp_path, 
     assert (out / "candidates" / "1" / "error.txt").exists()
     finished = (out / "candidates" / "0" / "result.json").stat().st_mtime_ns
 
-    monkeypatch.setattr(job, "train_candidate", real)
+    monkeypatch.setattr(Evaluator, "evaluate", real)
     again = run_cli("random-baseline", *TINY, f"out={out}")
     assert again.exit_code == 0, again.output
     frame = pd.read_csv(out / "candidates.csv")
@@ -129,3 +129,35 @@ def test_a_sweep_over_candidates_shares_one_run_directory(run_cli, tmp_path):
         (out / "candidates" / str(n) / "result.json").stat().st_mtime_ns for n in range(3)
     ] == stamps
     assert json.loads((out / "summary.json").read_text())["candidates"] == 3
+
+
+@pytest.mark.slow
+def test_sigterm_inside_a_candidate_checkpoints_both_levels_and_a_rerun_resumes(tmp_path):
+    """The candidate's trainer checkpoints and raises; the driver then writes the run's own
+    checkpoint and stops with 128 + SIGTERM; a rerun resumes that candidate, not from zero."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "stopped"
+    command = [sys.executable, "-m", "nascli", "random-baseline", *TINY,
+               "strategy.num_samples=2", "train.epochs=20", "train.checkpoint_every=1",
+               f"out={out}"]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.time() + 300
+    while not (out / "candidates" / "0" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "SIGTERM: stopped in candidate 0" in output and f"out={out}" in output, output
+    assert (out / "last.pt").exists() and not (out / "summary.json").exists()
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from candidate 0 of 2" in resumed.stdout
+    assert "resuming from step" in resumed.stdout  # the candidate's own checkpoint
+    assert list(pd.read_csv(out / "candidates.csv")["status"]) == ["done", "done"]

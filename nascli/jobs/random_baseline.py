@@ -2,8 +2,9 @@
 per decision inside a cost window, train each with the same short recipe, keep the best on valid.
 
 Run directory: `candidates.json` (the sampled architectures, fixed at the first run),
-`candidates/<i>/` (each candidate's training run: last.pt, best.pt, metrics.csv, result.json),
-`candidates.csv` (indices, cost, params, MACs, status, valid top-1, train time), `arch.json` and
+`candidates/<i>/` (each candidate's training run by the shared `Evaluator`: last.pt, best.pt,
+metrics.csv, result.json), `candidates.csv` (indices, cost, params, MACs, status, valid top-1,
+train time), `last.pt` (the search driver's checkpoint: the rows so far), `arch.json` and
 `summary.json` of the best, `plots/accuracy_vs_cost.png`. Rerunning with `out=` skips finished
 candidates, resumes an interrupted one and retries failed ones.
 """
@@ -11,9 +12,8 @@ candidates, resumes an interrupted one and retries failed ones.
 from __future__ import annotations
 
 import json
-import sys
+import signal
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +28,58 @@ from nascli.cost.analytic import network_cost
 from nascli.cost.models import make_cost_model
 from nascli.cost.timing import physical_cores
 from nascli.data import load_data
-from nascli.errors import NascliError
-from nascli.files import write_csv, write_json
-from nascli.nn.builder import build_model
+from nascli.errors import NascliError, Stopped
+from nascli.files import write_json
 from nascli.report import plots
 from nascli.report.console import RunConsole
 from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import human
-from nascli.search.random import RandomSettings, cost_window, sample_in_window
+from nascli.search.driver import drive
+from nascli.search.evaluator import Evaluator, record_failure
+from nascli.search.random import RandomSearch, RandomSettings, cost_window, sample_in_window
 from nascli.search.tunas import default_target
-from nascli.space.arch import Architecture, format_indices, get_space
+from nascli.space.arch import format_indices, get_space, parse_indices
 from nascli.space.network import decode
 from nascli.train.distributed import context
-from nascli.train.engine import Interrupted, Trainer, exit_interrupted
+from nascli.train.engine import Interrupted
 
 EXIT_CANDIDATES_FAILED = 4
 
 
-def candidate_fingerprint(cfg: DictConfig, indices: str) -> dict[str, Any]:
+def candidate_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What each candidate's training checkpoint is tied to, besides its indices."""
     return {
         "command": "random-baseline",
-        "indices": indices,
         **fingerprint_sections(cfg, "space", "data", "train"),
         "seed": cfg.seed,
     }
+
+
+def run_identity(cfg: DictConfig, request: dict[str, Any], world: int) -> dict[str, Any]:
+    """What the run's own checkpoint (the candidates' rows) is tied to: not `workers` or
+    `candidate`, so a sweep's jobs and a parallel run are collected by a plain rerun."""
+    return {
+        "command": "search",
+        "strategy": "random",
+        "request": request,
+        **fingerprint_sections(cfg, "space", "data", "train"),
+        "seed": cfg.seed,
+        "world_size": world,
+    }
+
+
+def make_evaluator(cfg: DictConfig, data, ctx, console: Console) -> Evaluator:
+    return Evaluator(
+        get_space(cfg.space.name),
+        network_settings(cfg),
+        cfg.train,
+        data,
+        ctx,
+        cfg.seed,
+        candidate_identity(cfg),
+        console,
+    )
 
 
 def sampled_candidates(cfg: DictConfig, out: Path, console: Console) -> dict[str, Any]:
@@ -101,47 +128,6 @@ def sampled_candidates(cfg: DictConfig, out: Path, console: Console) -> dict[str
     return stored
 
 
-def train_candidate(
-    cfg: DictConfig, number: int, indices: str, out: Path, data, ctx, console: Console
-) -> dict[str, Any]:
-    """Train one candidate in `out/candidates/<number>` (resuming), return its result."""
-    run_dir = out / "candidates" / str(number)
-    result_path = run_dir / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
-    space = get_space(cfg.space.name)
-    arch = Architecture(space.name, tuple(int(i) for i in indices.split(":")))
-    network = decode(space, arch.indices, network_settings(cfg))
-    cost = network_cost(network)
-    torch.manual_seed(cfg.seed)
-    model = build_model(network)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(
-        model,
-        cfg.train,
-        data,
-        ctx,
-        seed=cfg.seed,
-        run_dir=run_dir,
-        fingerprint=candidate_fingerprint(cfg, arch.text),
-        console=console,
-    )
-    outcome = trainer.fit()
-    last = outcome.history[-1]
-    result = {
-        "status": "done",
-        "valid_top1": last.get("valid_top1"),
-        "best_valid_top1": outcome.best_valid_top1,
-        "params": cost.params,
-        "macs": cost.macs,
-        "train_seconds": outcome.train_seconds,
-        "images": outcome.steps * cfg.train.batch_size,
-    }
-    if ctx.is_main:
-        write_json(result_path, result)
-    return result
-
-
 def run_random(cfg: DictConfig) -> None:
     started = time.perf_counter()
     ctx = context(cfg.device)
@@ -150,22 +136,28 @@ def run_random(cfg: DictConfig) -> None:
     sampled = sampled_candidates(cfg, out, console)
     request = sampled["request"]
     data = load_data(cfg.data)
-    console.print(
+    header = (
         f"random baseline {request['space']} · {len(sampled['candidates'])} candidates · "
         f"{request['cost_model']} in [{request['window'][0]:g}, {request['window'][1]:g}] "
         f"{request['cost_units']} · recipe {cfg.train.name} ({cfg.train.epochs} epochs) · "
-        f"data {data.name}",
-        soft_wrap=True,
+        f"data {data.name}"
     )
     settings = RandomSettings.from_config(cfg.strategy)
+    candidates = sampled["candidates"]
+    evaluator = make_evaluator(cfg, data, ctx, console)
     if settings.candidate is not None:  # one job of a sweep over candidates (cluster launchers)
         number = settings.candidate
-        if not 0 <= number < len(sampled["candidates"]):
+        if not 0 <= number < len(candidates):
             raise NascliError(f"strategy.candidate={number}: the run has candidates 0 to "
-                              f"{len(sampled['candidates']) - 1}")  # fmt: skip
-        train_candidate(
-            cfg, number, sampled["candidates"][number]["indices"], out, data, ctx, console
-        )
+                              f"{len(candidates) - 1}")  # fmt: skip
+        console.print(header, soft_wrap=True)
+        try:
+            evaluator.evaluate(
+                parse_indices(evaluator.space, candidates[number]["indices"]).indices,
+                out / "candidates" / str(number),
+            )
+        except Interrupted as stop:
+            raise Stopped(stop.signum, f"in candidate {number}", out) from None
         console.print(
             f"candidate {number} done; when all are, run the same command without "
             f"strategy.candidate and with out={out} to collect them",
@@ -173,28 +165,18 @@ def run_random(cfg: DictConfig) -> None:
         )
         return
     if settings.workers > 1 and ctx.world == 1:
-        train_in_workers(cfg, out, sampled["candidates"], settings.workers, console)
-    rows = []
-    for number, candidate in enumerate(sampled["candidates"]):
-        console.print(
-            f"candidate {number + 1}/{len(sampled['candidates'])}: {candidate['indices']}",
-            soft_wrap=True,
-        )
-        row: dict[str, Any] = {"candidate": number, **candidate}
-        try:
-            row |= train_candidate(cfg, number, candidate["indices"], out, data, ctx, console)
-        except Interrupted as stop:
-            exit_interrupted(console, stop.signum, f"in candidate {number}", out)
-        except (NascliError, RuntimeError, ValueError) as error:  # reported, never dropped
-            message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            row |= {"status": "failed", "error": message[:200]}
-            console.print(f"[red]candidate {number} failed:[/] {message}", soft_wrap=True)
-            (out / "candidates" / str(number)).mkdir(parents=True, exist_ok=True)
-            (out / "candidates" / str(number) / "error.txt").write_text(traceback.format_exc())
-        rows.append(row)
-        if ctx.is_main:
-            write_csv(out / "candidates.csv", rows)
-    finish_random(cfg, out, rows, request, console, started)
+        train_in_workers(cfg, out, candidates, settings.workers, console)
+    search = RandomSearch(candidates, evaluator, out)
+    drive(
+        search,
+        out,
+        run_identity(cfg, request, ctx.world),
+        console,
+        header,
+        writer=ctx.is_main,
+        agreed_stop=lambda signum: int(ctx.all_reduce(torch.tensor([signum]), op="max")[0]),
+    )
+    finish_random(cfg, out, search.rows, request, console, started)
 
 
 def _worker(config: dict[str, Any], out: str, numbers: list[int], threads: int) -> None:
@@ -206,18 +188,16 @@ def _worker(config: dict[str, Any], out: str, numbers: list[int], threads: int) 
     console = Console(quiet=True)
     data = load_data(cfg.data)
     candidates = json.loads((Path(out) / "candidates.json").read_text())["candidates"]
+    evaluator = make_evaluator(cfg, data, ctx, console)
     for number in numbers:
+        arch = parse_indices(evaluator.space, candidates[number]["indices"])
+        run_dir = Path(out) / "candidates" / str(number)
         try:
-            train_candidate(
-                cfg, number, candidates[number]["indices"], Path(out), data, ctx, console
-            )
+            evaluator.evaluate(arch.indices, run_dir)
         except Interrupted:
             return
-        except Exception:  # reported by the parent, which retrains it in-process
-            (Path(out) / "candidates" / str(number)).mkdir(parents=True, exist_ok=True)
-            (Path(out) / "candidates" / str(number) / "error.txt").write_text(
-                traceback.format_exc()
-            )
+        except Exception as error:  # reported by the parent, which retrains it in-process
+            record_failure(run_dir, error)
 
 
 def train_in_workers(
@@ -253,8 +233,7 @@ def train_in_workers(
         except KeyboardInterrupt:  # the workers got the same Ctrl-C and checkpoint
             for process in processes:
                 process.join()
-            console.print(f"interrupted; rerun the same command with out={out} to resume")
-            sys.exit(130)
+            raise Stopped(signal.SIGINT, "while training candidates in parallel", out) from None
 
 
 def finish_random(
@@ -273,6 +252,10 @@ def finish_random(
         table.add_column(column, justify="right")
     best_number = int(done.loc[done["valid_top1"].idxmax(), "candidate"]) if len(done) else None
     for row in rows:
+        if row["status"] != "done":
+            console.print(f"candidate {row['candidate']} failed: {row['error']}", soft_wrap=True,
+                          markup=False)  # fmt: skip
+    for row in rows:
         ok = row["status"] == "done"
         mark = " ★" if row["candidate"] == best_number else ""
         table.add_row(
@@ -289,7 +272,7 @@ def finish_random(
         raise NascliError(f"every candidate failed; see {out}/candidates/*/error.txt")
     best = done[done["candidate"] == best_number].iloc[0]
     space = get_space(request["space"])
-    arch = Architecture(space.name, tuple(int(i) for i in best["indices"].split(":")))
+    arch = parse_indices(space, best["indices"])
     network = decode(space, arch.indices, network_settings(cfg))
     cost = network_cost(network)
     summary = RunSummary.of_architecture(

@@ -12,6 +12,7 @@ from rich.table import Table
 from nascli.config import configured_network, fingerprint_sections, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.data import load_data
+from nascli.errors import Stopped
 from nascli.files import write_json
 from nascli.nn.builder import build_model
 from nascli.report.console import RunConsole
@@ -19,7 +20,7 @@ from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import human
 from nascli.train.distributed import context
-from nascli.train.engine import Interrupted, Trainer, exit_interrupted
+from nascli.train.engine import Interrupted, Trainer
 
 
 def fingerprint(cfg: DictConfig, indices: str, world: int) -> dict[str, Any]:
@@ -83,7 +84,7 @@ def run(cfg: DictConfig) -> None:
     try:
         outcome = trainer.fit()
     except Interrupted as stop:
-        exit_interrupted(console, stop.signum, f"at step {stop.step}", out)
+        raise Stopped(stop.signum, f"at step {stop.step}", out) from None
     test = trainer.evaluate("test")
     summary = RunSummary.of_architecture(
         arch,

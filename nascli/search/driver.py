@@ -1,6 +1,8 @@
 """One driver for the iterative search strategies: resume, the loop, progress, the log file,
 checkpoints and signals. A strategy is a `Strategy`: its state and one unit of work at a time
-(a TuNAS step, a Zen-NAS iteration); the driver does the rest the same way for all of them.
+(a TuNAS step, a Zen-NAS iteration, a random candidate trained by the `Evaluator`); the driver
+does the rest the same way for all of them. A unit that trains (and checkpoints) by itself may
+raise the trainer's `Interrupted`: the driver then writes its own checkpoint and stops too.
 
 The checkpoint (`last.pt`) holds the run's fingerprint, the strategy's state, the log rows so
 far and the seconds spent; `search_log.csv` and the strategy's own tables are rewritten with it.
@@ -16,9 +18,10 @@ from typing import Any
 
 from rich.console import Console
 
+from nascli.errors import Stopped
 from nascli.files import write_csv
 from nascli.train.checkpoint import load_checkpoint, save_checkpoint
-from nascli.train.engine import exit_interrupted, progress_bar, stop_requests
+from nascli.train.engine import Interrupted, progress_bar, stop_requests
 
 
 class Strategy(ABC):
@@ -76,7 +79,8 @@ def drive(
     return the log rows and the seconds spent in `advance` (over every resumed part).
 
     `writer`: this process writes the files (rank 0 under torchrun). `agreed_stop`: the signal
-    every rank agrees to stop on (a reduction over ranks), given this rank's (0: none)."""
+    every rank agrees to stop on (a reduction over ranks), given this rank's (0: none).
+    Raises `Stopped` after the checkpoint when a signal asked to stop."""
     checkpoint = out / "last.pt"
     rows: list[dict[str, Any]] = []
     seconds = 0.0
@@ -95,7 +99,8 @@ def drive(
             checkpoint,
             {"fingerprint": identity, "search": strategy.state(), "log": rows, "seconds": seconds},
         )
-        write_csv(out / "search_log.csv", rows)
+        if rows:  # a strategy may log nothing per unit and keep its rows in `tables`
+            write_csv(out / "search_log.csv", rows)
         for name, table in strategy.tables().items():
             write_csv(out / name, table)
 
@@ -105,7 +110,12 @@ def drive(
         )
         while strategy.position < strategy.total:
             tick = time.perf_counter()
-            record = strategy.advance()
+            try:
+                record = strategy.advance()
+            except Interrupted as inner:  # a unit that trains has checkpointed itself
+                seconds += time.perf_counter() - tick
+                save()
+                raise Stopped(inner.signum, f"in {unit} {strategy.position}", out) from None
             seconds += time.perf_counter() - tick
             row = strategy.log_row(record, seconds)
             if row is not None:
@@ -117,6 +127,6 @@ def drive(
             if (every > 0 and strategy.position % every == 0) or stop:
                 save()
             if stop:
-                exit_interrupted(console, stop, f"at {unit} {strategy.position}", out)
+                raise Stopped(stop, f"at {unit} {strategy.position}", out)
     save()
     return rows, seconds

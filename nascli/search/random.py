@@ -1,19 +1,22 @@
 """The latency-matched random baseline (TuNAS code: `tools/sample_random_architectures.py`):
 architectures drawn uniformly per decision (TuNAS's sampler with all-zero logits), kept only if
 their cost lies in a window around the target, then each trained with the same short recipe and
-compared on `valid`."""
+compared on `valid`. `RandomSearch` runs it on the search driver, one candidate per unit."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from nascli.cost.models import CostModel
 from nascli.errors import NascliError
+from nascli.search.driver import Strategy
+from nascli.search.evaluator import Evaluator
 from nascli.settings import check_fields, option
-from nascli.space.arch import sample_indices
+from nascli.space.arch import parse_indices, sample_indices
 from nascli.space.spaces import SearchSpace
 
 #: TuNAS's rejection windows under its Pixel-1 model (ms): 83–85 and 57–59
@@ -115,3 +118,57 @@ def sample_in_window(
             if len(kept) == num:
                 return kept, costs, attempts + i + 1
         attempts += size
+
+
+class RandomSearch(Strategy):
+    """The random baseline's candidates, trained one per unit by `evaluator` in
+    `out/candidates/<number>/`; their rows (indices, cost, then the evaluator's result) are
+    `candidates.csv`. A failed candidate is a row with its error, and a rerun of the run
+    retries it: resuming keeps the rows before the first failure, and the candidates after it
+    return their stored results without training again."""
+
+    unit = "candidate"
+    checkpoint_every = 1
+
+    def __init__(self, candidates: list[dict[str, Any]], evaluator: Evaluator, out: Path):
+        self.candidates = candidates
+        self.evaluator = evaluator
+        self.out = out
+        self.rows: list[dict[str, Any]] = []
+
+    @property
+    def position(self) -> int:
+        return len(self.rows)
+
+    @property
+    def total(self) -> int:
+        return len(self.candidates)
+
+    def advance(self) -> dict[str, Any]:
+        number = len(self.rows)
+        candidate = self.candidates[number]
+        arch = parse_indices(self.evaluator.space, candidate["indices"])
+        result = self.evaluator.try_evaluate(arch.indices, self.out / "candidates" / str(number))
+        row = {"candidate": number, **candidate, **result}
+        self.rows.append(row)
+        return row
+
+    def log_row(self, record: dict[str, Any], seconds: float) -> None:
+        return None  # the candidates' rows are the log: `tables`
+
+    def status(self, row: dict[str, Any]) -> str:
+        done = [r["valid_top1"] for r in self.rows if r["status"] == "done"]
+        failed = len(self.rows) - len(done)
+        best = f"best valid {max(done):.1%}" if done else "no candidate done yet"
+        return best + (f" · {failed} failed" if failed else "")
+
+    def state(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        rows = state["rows"]
+        failed = [i for i, row in enumerate(rows) if row["status"] != "done"]
+        self.rows = rows[: failed[0]] if failed else rows
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"candidates.csv": self.rows}

@@ -10,14 +10,13 @@ whether to stop.
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -103,16 +102,6 @@ def stop_requests() -> Iterator[StopRequest]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-def exit_interrupted(console: Console, signum: int, where: str, out: Path) -> NoReturn:
-    """After a checkpoint on SIGTERM/SIGINT: say how to resume, exit with 128 + signal."""
-    console.print(
-        f"{signal.Signals(signum).name}: stopped {where} with a checkpoint in {out}; rerun the "
-        f"same command with out={out} to resume",
-        soft_wrap=True,
-    )
-    sys.exit(128 + signum)
 
 
 class LoggedProgress(Progress):

@@ -1,0 +1,118 @@
+"""Candidate evaluation for multi-trial strategies: train one architecture from scratch with a
+recipe (the `train=` group) and report its valid top-1. The random baseline uses it for every
+candidate; grid search, NAS-RL and regularized evolution are meant to reuse it unchanged.
+
+Each evaluation has its own directory: the trainer's `last.pt`, `best.pt` and `metrics.csv`
+while it runs, `result.json` when it is done (a later `evaluate` of the same directory returns
+it without training), `error.txt` with the traceback when it failed. An interrupted evaluation
+resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+
+from nascli.cost.analytic import network_cost
+from nascli.data.source import DataSource
+from nascli.errors import NascliError
+from nascli.files import write_json
+from nascli.nn.builder import build_model
+from nascli.space.arch import format_indices
+from nascli.space.network import NetworkSettings, decode
+from nascli.space.spaces import SearchSpace
+from nascli.train.distributed import Context
+from nascli.train.engine import Trainer
+
+#: What a failed evaluation may raise and still be reported as one row (anything else stops
+#: the run: a bug must not be hidden as a failed candidate).
+EVALUATION_ERRORS = (NascliError, RuntimeError, ValueError)
+
+
+class Evaluator:
+    """Trains architectures of `space` with `recipe` on `data`, each from the same seed.
+
+    `identity` is what every evaluation's checkpoint is tied to (besides the architecture's
+    indices): a resumed evaluation with another recipe, data or space is refused."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        net_settings: NetworkSettings,
+        recipe: DictConfig,
+        data: DataSource,
+        ctx: Context,
+        seed: int,
+        identity: dict[str, Any],
+        console: Console,
+    ):
+        self.space = space
+        self.net_settings = net_settings
+        self.recipe = recipe
+        self.data = data
+        self.ctx = ctx
+        self.seed = seed
+        self.identity = identity
+        self.console = console
+
+    def evaluate(self, indices: Sequence[int], run_dir: Path) -> dict[str, Any]:
+        """Train `indices` in `run_dir` (resuming; returning a stored result), return its
+        status, valid top-1 (last epoch and best), params, MACs, train seconds and images."""
+        result_path = run_dir / "result.json"
+        if result_path.exists():
+            return json.loads(result_path.read_text())
+        network = decode(self.space, tuple(indices), self.net_settings)
+        cost = network_cost(network)
+        torch.manual_seed(self.seed)
+        model = build_model(network)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(
+            model,
+            self.recipe,
+            self.data,
+            self.ctx,
+            seed=self.seed,
+            run_dir=run_dir,
+            fingerprint={**self.identity, "indices": format_indices(indices)},
+            console=self.console,
+        )
+        outcome = trainer.fit()
+        result = {
+            "status": "done",
+            "valid_top1": outcome.history[-1].get("valid_top1"),
+            "best_valid_top1": outcome.best_valid_top1,
+            "params": cost.params,
+            "macs": cost.macs,
+            "train_seconds": outcome.train_seconds,
+            "images": outcome.steps * self.recipe.batch_size,
+        }
+        if self.ctx.is_main:
+            write_json(result_path, result)
+        return result
+
+    def try_evaluate(self, indices: Sequence[int], run_dir: Path) -> dict[str, Any]:
+        """`evaluate`, with a failure (out of memory, divergence, a bad recipe for this
+        architecture) returned as `{"status": "failed", "error": <first line>}` and its
+        traceback written to `run_dir/error.txt`, never dropped."""
+        try:
+            return self.evaluate(indices, run_dir)
+        except EVALUATION_ERRORS as error:
+            return record_failure(run_dir, error)
+
+
+def record_failure(run_dir: Path, error: BaseException) -> dict[str, Any]:
+    """The failed row of an evaluation, with the traceback kept in `run_dir/error.txt`."""
+    text = str(error).strip()
+    message = text.splitlines()[0] if text else repr(error)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.txt").write_text(
+        "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    )
+    return {"status": "failed", "error": message[:200]}
