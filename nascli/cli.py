@@ -20,7 +20,8 @@ from nascli.errors import NascliError
 
 app = typer.Typer(
     name="nascli",
-    help="Hardware-aware neural architecture search (TuNAS, random search, Zen-NAS).\n\n"
+    help="Hardware-aware neural architecture search (TuNAS, random search, Zen-NAS, "
+    "NAS-RL).\n\n"
     "Options of a command are Hydra overrides after its name, e.g. "
     "`nascli build space=mnv3 arch=... out=runs/x`; `--cfg job` prints the composed config, "
     "`-m` sweeps.\n\n"
@@ -40,7 +41,8 @@ EPILOG = "Hydra's own options: --cfg job | --info | -m key=a,b | --hydra-help."
 #             whether it writes a run directory)
 COMMANDS: dict[str, tuple[str, str | None, bool]] = {
     "search": (
-        "Search a space for an architecture under a cost target (strategy=tunas|random|zen). "
+        "Search a space for an architecture under a cost target "
+        "(strategy=tunas|random|zen|nasrl, controller=lstm for an RL one). "
         "With no overrides: TuNAS on the embedded digits, Pixel-1 latency target, minutes on a "
         "CPU; rerun with out=<run dir> to resume.",
         "nascli.jobs.search",

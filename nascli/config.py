@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     # A plain mapping: its schema comes with the strategy it names (`strategy_settings`).
     strategy: Any = MISSING
+    # RL strategies' controller (`nascli search` only; schema: search/policy.py
+    # ControllerSettings).
+    controller: Any = None
     cost: CostConfig = field(default_factory=CostConfig)
     # build/retrain: indices (0:1:...), a reference name, an arch.json or a run dir
     arch: str | None = option(None, text="an architecture")
@@ -148,8 +151,8 @@ GROUP_SCHEMAS = {"space": SpaceConfig, "data": DataConfig, "train": TrainConfig,
 
 
 def group_options(config_name: str = "config") -> dict[str, tuple[list[str], str | None]]:
-    """Per config group: its options (the YAML files of `conf/<group>/`) and the one the root
-    config `config_name` selects, read from the defaults lists without composing."""
+    """Per config group the root config `config_name` composes: its options (the YAML files of
+    `conf/<group>/`) and the one selected, read from the defaults lists without composing."""
     from importlib import resources
 
     root = resources.files("nascli.conf")
@@ -174,6 +177,7 @@ def group_options(config_name: str = "config") -> dict[str, tuple[list[str], str
             chosen.get(group),
         )
         for group in groups
+        if group in chosen
     }
 
 
@@ -202,7 +206,27 @@ def validate(cfg: DictConfig) -> None:
     if isinstance(cfg.get("proxies"), DictConfig):
         check_fields(ProxiesConfig, _plain(cfg.proxies), "proxies")
     strategy_settings(cfg.strategy)
+    controller_settings(cfg)
     network_settings(cfg)
+
+
+def controller_settings(cfg: DictConfig) -> Any:
+    """The checked `controller=` settings (None where the command composes no controller);
+    a controller other than TuNAS's categoricals is refused for a strategy that has none."""
+    if not isinstance(cfg.get("controller"), DictConfig):
+        return None
+    from nascli.search.policy import ControllerSettings
+    from nascli.search.registry import STRATEGIES
+
+    settings = ControllerSettings.from_config(_plain(cfg.controller))
+    own = STRATEGIES[cfg.strategy.name].controller
+    if settings.name is not None and own is None:
+        with_one = ", ".join(n for n, e in STRATEGIES.items() if e.controller)
+        raise NascliError(
+            f"controller={settings.name}: strategy={cfg.strategy.name} has no controller "
+            f"(strategies with one: {with_one})"
+        )
+    return settings if settings.name is not None else replace(settings, name=own)
 
 
 def network_settings(cfg: DictConfig) -> NetworkSettings:

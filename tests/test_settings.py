@@ -15,6 +15,8 @@ from omegaconf import OmegaConf
 from nascli.cli import ROOT_CONFIGS
 from nascli.config import GROUP_SCHEMAS, Config, ProxiesConfig, precheck
 from nascli.errors import NascliError
+from nascli.search.nasrl import NasrlSettings
+from nascli.search.policy import ControllerSettings
 from nascli.search.proxies import ProxySettings
 from nascli.search.random import RandomSettings
 from nascli.search.tunas import TunasSettings
@@ -60,7 +62,7 @@ def test_unknown_keys_are_named_with_what_the_group_takes():
         check_fields(Small, {"a": 2, "b": 1}, "g")
 
 
-@pytest.mark.parametrize("name", ["tunas", "random", "zen"])
+@pytest.mark.parametrize("name", ["tunas", "random", "zen", "nasrl"])
 def test_a_strategys_yaml_and_its_settings_class_have_the_same_defaults(name):
     """One source of truth: the YAML a user reads says what the class does without it."""
     with initialize_config_module(config_module="nascli.conf", version_base=None):
@@ -71,12 +73,22 @@ def test_a_strategys_yaml_and_its_settings_class_have_the_same_defaults(name):
                 assert values[f.name] == f.default, (name, f.name, values[f.name], f.default)
 
 
+def test_the_lstm_controllers_yaml_and_its_settings_class_have_the_same_defaults():
+    with initialize_config_module(config_module="nascli.conf", version_base=None):
+        values = OmegaConf.to_container(compose("search", ["controller=lstm"]).controller)
+    assert values["name"] == "lstm"
+    for f in fields(ControllerSettings):
+        if f.name != "name":
+            assert values[f.name] == f.default, (f.name, values[f.name], f.default)
+
+
 # ---------------------------------------------------------------- the fuzz
 
 STRATEGY_SCHEMAS = {
     "tunas": (TunasSettings,),
     "random": (RandomSettings,),
     "zen": (ZenSettings, ProxySettings),
+    "nasrl": (NasrlSettings,),
 }
 
 #: (command's root config, overrides) covering every config group's schema once
@@ -86,6 +98,7 @@ COMPOSITIONS = [
     ("search", ["strategy=tunas"]),
     ("search", ["strategy=random"]),
     ("search", ["strategy=zen"]),
+    ("search", ["strategy=nasrl", "controller=lstm"]),
     ("random_baseline", []),
     ("proxies", []),
 ]
@@ -111,11 +124,13 @@ def leaves() -> list[tuple[str, str, list[str], type, object]]:
             cfg = compose(config_name=config, overrides=overrides)
         tree = OmegaConf.to_container(cfg, resolve=False)
         for group, values in tree.items():
-            if group in GROUP_SCHEMAS or group == "strategy" or group == "proxies":
+            if group in GROUP_SCHEMAS or group in ("strategy", "proxies", "controller"):
                 if not isinstance(values, dict):
                     continue
                 if group == "strategy":
                     schemas = STRATEGY_SCHEMAS[values["name"]]
+                elif group == "controller":
+                    schemas = (ControllerSettings,)
                 else:
                     schemas = (GROUP_SCHEMAS.get(group, ProxiesConfig),)
                 for key in values:

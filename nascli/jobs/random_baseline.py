@@ -12,14 +12,13 @@ candidates, resumes an interrupted one and retries failed ones.
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
@@ -36,7 +35,7 @@ from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import human
 from nascli.search.driver import drive
-from nascli.search.evaluator import Evaluator, record_failure
+from nascli.search.evaluator import Evaluator, EvaluatorSpec, evaluate_in_processes
 from nascli.search.random import RandomSearch, RandomSettings, cost_window, sample_in_window
 from nascli.search.tunas import default_target
 from nascli.space.arch import format_indices, get_space, parse_indices
@@ -165,7 +164,24 @@ def run_random(cfg: DictConfig) -> None:
         )
         return
     if settings.workers > 1 and ctx.world == 1:
-        train_in_workers(cfg, out, candidates, settings.workers, console)
+        jobs = [
+            (parse_indices(evaluator.space, c["indices"]).indices, out / "candidates" / str(n))
+            for n, c in enumerate(candidates)
+        ]
+        threads = max(1, physical_cores() // min(settings.workers, len(jobs)))
+        with console.status(f"training candidates in {settings.workers} processes"):
+            try:
+                pending = evaluate_in_processes(
+                    EvaluatorSpec.of_config(cfg, candidate_identity(cfg)), jobs, settings.workers
+                )
+            except Interrupted as stop:
+                raise Stopped(stop.signum, "while training candidates in parallel", out) from None
+        if pending:
+            console.print(
+                f"trained {pending} candidates in {min(settings.workers, pending)} processes × "
+                f"{threads} threads",
+                soft_wrap=True,
+            )
     search = RandomSearch(candidates, evaluator, out)
     drive(
         search,
@@ -177,63 +193,6 @@ def run_random(cfg: DictConfig) -> None:
         agreed_stop=lambda signum: int(ctx.all_reduce(torch.tensor([signum]), op="max")[0]),
     )
     finish_random(cfg, out, search.rows, request, console, started)
-
-
-def _worker(config: dict[str, Any], out: str, numbers: list[int], threads: int) -> None:
-    """One process of `strategy.workers`: trains its share of the candidates, one after another.
-    Results and failures land in each candidate's directory; the parent collects them."""
-    torch.set_num_threads(threads)
-    cfg = OmegaConf.create(config)
-    ctx = context("cpu" if cfg.device == "auto" else cfg.device)
-    console = Console(quiet=True)
-    data = load_data(cfg.data)
-    candidates = json.loads((Path(out) / "candidates.json").read_text())["candidates"]
-    evaluator = make_evaluator(cfg, data, ctx, console)
-    for number in numbers:
-        arch = parse_indices(evaluator.space, candidates[number]["indices"])
-        run_dir = Path(out) / "candidates" / str(number)
-        try:
-            evaluator.evaluate(arch.indices, run_dir)
-        except Interrupted:
-            return
-        except Exception as error:  # reported by the parent, which retrains it in-process
-            record_failure(run_dir, error)
-
-
-def train_in_workers(
-    cfg: DictConfig, out: Path, candidates: list[dict[str, Any]], workers: int, console: Console
-) -> None:
-    """Train the unfinished candidates in `workers` processes sharing the cores evenly; the
-    serial loop afterwards only collects their results (and retries any that failed)."""
-    pending = [
-        n
-        for n in range(len(candidates))
-        if not (out / "candidates" / str(n) / "result.json").exists()
-    ]
-    if not pending:
-        return
-    workers = min(workers, len(pending))
-    threads = max(1, physical_cores() // workers)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    context_ = torch.multiprocessing.get_context("spawn")
-    processes = [
-        context_.Process(target=_worker, args=(config, str(out), pending[w::workers], threads))
-        for w in range(workers)
-    ]
-    console.print(
-        f"training {len(pending)} candidates in {workers} processes × {threads} threads",
-        soft_wrap=True,
-    )
-    with console.status("training candidates in parallel"):
-        for process in processes:
-            process.start()
-        try:
-            for process in processes:
-                process.join()
-        except KeyboardInterrupt:  # the workers got the same Ctrl-C and checkpoint
-            for process in processes:
-                process.join()
-            raise Stopped(signal.SIGINT, "while training candidates in parallel", out) from None
 
 
 def finish_random(

@@ -20,7 +20,12 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
-from nascli.config import fingerprint_sections, network_settings, run_directory
+from nascli.config import (
+    controller_settings,
+    fingerprint_sections,
+    network_settings,
+    run_directory,
+)
 from nascli.cost.analytic import network_cost
 from nascli.cost.models import make_cost_model
 from nascli.data import load_data
@@ -52,7 +57,7 @@ from nascli.train.engine import (
 def fingerprint(cfg: DictConfig, world: int) -> dict[str, Any]:
     return {
         "command": "search",
-        **fingerprint_sections(cfg, "space", "strategy", "data", "train", "cost"),
+        **fingerprint_sections(cfg, "space", "strategy", "controller", "data", "train", "cost"),
         "seed": cfg.seed,
         "world_size": world,
     }
@@ -84,15 +89,17 @@ def run_tunas(cfg: DictConfig) -> None:
     data = load_data(cfg.data)
     torch.manual_seed(cfg.seed)
     supernet = Supernet(space, net_settings, settings.supernet_init)
+    controller = controller_settings(cfg)
     search = TunasSearch(
-        supernet, cfg.train, settings, data, cost_model, target, ctx, seed=cfg.seed
+        supernet, cfg.train, settings, data, cost_model, target, ctx, cfg.seed, controller
     )
     out = run_directory()
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
     header = (
         f"search {space.title} · strategy tunas ({settings.reward} reward, "
-        f"{search.archs} arch/step) · cost {cost_model.name} target "
+        f"{search.archs} arch/step, {search.controller.name} controller) · cost "
+        f"{cost_model.name} target "
         f"{target if target is not None else '–'} {cost_model.units} · data {data.name} "
         f"{net_settings.resolution}px · {search.total_steps} steps of "
         f"{cfg.train.batch_size} images · {ctx.world} × {ctx.device}"
@@ -150,6 +157,7 @@ def finish(
         seconds=seconds,
         wall_seconds=time.perf_counter() - started,
         details={
+            "controller": search.controller.name,
             "steps": search.step,
             "reward_images": search.step * search.valid_per_arch * search.archs,
             "replica_checksums": replicas,

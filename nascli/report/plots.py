@@ -160,3 +160,18 @@ def proxy_scatter(
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     save(fig, path)
+
+
+def reward_curve(path: Path, children: pd.DataFrame, log: pd.DataFrame) -> None:
+    """Multi-trial RL: each child's reward against the number of architectures sampled, with
+    each controller step's mean reward and baseline."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(children["child"] + 1, children["reward"], s=12, alpha=0.6, label="child")
+    if len(log):
+        ax.plot(log["children"], log["reward"], lw=1.2, label="mean of step")
+        ax.plot(log["children"], log["baseline"], lw=1.2, label="baseline")
+    ax.set_xlabel("architectures sampled")
+    ax.set_ylabel("reward")
+    ax.legend(fontsize=8)
+    save(fig, path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,16 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from nascli.cost.analytic import network_cost
-from nascli.data.source import DataSource
+from nascli.cost.timing import physical_cores
+from nascli.data.source import DataSource, load_data
 from nascli.errors import NascliError
 from nascli.files import write_json
 from nascli.nn.builder import build_model
-from nascli.space.arch import format_indices
+from nascli.space.arch import format_indices, get_space
 from nascli.space.network import NetworkSettings, decode
 from nascli.space.spaces import SearchSpace
-from nascli.train.distributed import Context
-from nascli.train.engine import Trainer
+from nascli.train.distributed import Context, context
+from nascli.train.engine import Interrupted, Trainer
 
 #: What a failed evaluation may raise and still be reported as one row (anything else stops
 #: the run: a bug must not be hidden as a failed candidate).
@@ -52,7 +54,11 @@ class Evaluator:
         seed: int,
         identity: dict[str, Any],
         console: Console,
+        last_epochs: int = 0,
     ):
+        """`last_epochs` > 0 adds `valid_top1_last` to every result: the highest valid top-1
+        of the last `last_epochs` epochs (NAS-RL's reward reads it)."""
+        self.last_epochs = last_epochs
         self.space = space
         self.net_settings = net_settings
         self.recipe = recipe
@@ -93,6 +99,9 @@ class Evaluator:
             "train_seconds": outcome.train_seconds,
             "images": outcome.steps * self.recipe.batch_size,
         }
+        if self.last_epochs:
+            tail = [row["valid_top1"] for row in outcome.history[-self.last_epochs :]]
+            result["valid_top1_last"] = max(tail)
         if self.ctx.is_main:
             write_json(result_path, result)
         return result
@@ -116,3 +125,98 @@ def record_failure(run_dir: Path, error: BaseException) -> dict[str, Any]:
         "".join(traceback.format_exception(type(error), error, error.__traceback__))
     )
     return {"status": "failed", "error": message[:200]}
+
+
+@dataclass(frozen=True)
+class EvaluatorSpec:
+    """What a worker process needs to build the same `Evaluator` (plain, picklable values)."""
+
+    space: str
+    net_settings: NetworkSettings
+    recipe: dict[str, Any]
+    data: dict[str, Any]
+    device: str
+    seed: int
+    identity: dict[str, Any]
+    last_epochs: int = 0
+
+    @classmethod
+    def of_config(
+        cls, cfg: DictConfig, identity: dict[str, Any], last_epochs: int = 0
+    ) -> EvaluatorSpec:
+        """From a composed config: its space, network settings, `train` recipe, `data`,
+        device and seed."""
+        from omegaconf import OmegaConf
+
+        from nascli.config import network_settings
+
+        return cls(
+            cfg.space.name,
+            network_settings(cfg),
+            OmegaConf.to_container(cfg.train, resolve=True),
+            OmegaConf.to_container(cfg.data, resolve=True),
+            cfg.device,
+            cfg.seed,
+            identity,
+            last_epochs,
+        )
+
+    def build(self, console: Console) -> Evaluator:
+        from omegaconf import OmegaConf
+
+        device = "cpu" if self.device == "auto" else self.device
+        return Evaluator(
+            get_space(self.space),
+            self.net_settings,
+            OmegaConf.create(self.recipe),
+            load_data(OmegaConf.create(self.data)),
+            context(device),
+            self.seed,
+            self.identity,
+            console,
+            self.last_epochs,
+        )
+
+
+def _evaluate_share(spec: EvaluatorSpec, jobs: list[tuple[list[int], str]], threads: int) -> None:
+    """One worker process: its share of the jobs, one after another. Results and failures land
+    in each job's directory; the parent collects them (and retrains a failed one itself)."""
+    torch.set_num_threads(threads)
+    evaluator = spec.build(Console(quiet=True))
+    for indices, run_dir in jobs:
+        try:
+            evaluator.evaluate(indices, Path(run_dir))
+        except Interrupted:
+            return
+        except Exception as error:  # reported, never dropped
+            record_failure(Path(run_dir), error)
+
+
+def evaluate_in_processes(
+    spec: EvaluatorSpec, jobs: list[tuple[Sequence[int], Path]], workers: int
+) -> int:
+    """Train the `jobs` (indices, run directory) without a stored result in `workers` spawned
+    processes sharing the cores evenly; returns how many were pending. Ctrl-C reaches the
+    workers too: each checkpoints its evaluation, and this raises `Interrupted`."""
+    import signal
+
+    pending = [(list(i), str(d)) for i, d in jobs if not (Path(d) / "result.json").exists()]
+    if not pending:
+        return 0
+    workers = min(workers, len(pending))
+    threads = max(1, physical_cores() // workers)
+    spawn = torch.multiprocessing.get_context("spawn")
+    processes = [
+        spawn.Process(target=_evaluate_share, args=(spec, pending[w::workers], threads))
+        for w in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C and checkpoint
+        for process in processes:
+            process.join()
+        raise Interrupted(0, signal.SIGINT) from None
+    return len(pending)

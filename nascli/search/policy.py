@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from nascli.settings import check_fields, option
 from nascli.space.schema import FILTERS, OP, Block, OneOf, Residual
 from nascli.space.spaces import SearchSpace
 
@@ -53,6 +55,49 @@ def ancestors(space: SearchSpace) -> list[list[tuple[int, int]]]:
     return found
 
 
+CONTROLLERS = ("categorical", "lstm")
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """The `controller=` config group (conf/controller/*.yaml). `categorical` is TuNAS's
+    independent logits (its settings are the strategy's `policy_*` keys); `lstm` is NAS-RL's
+    (the other fields); `default` (name None) is the strategy's own."""
+
+    name: str | None = option(None, choices=CONTROLLERS)  # None: the strategy's own
+    hidden: int = option(35, ge=1, le=4096)
+    layers: int = option(2, ge=1, le=16)
+    init_range: float = option(0.08, gt=0, le=10)
+    lr: float = option(0.0006, gt=0, le=10)
+    adam_beta1: float = option(0.9, ge=0, lt=1)
+    adam_beta2: float = option(0.999, ge=0, lt=1)
+    adam_epsilon: float = option(1e-8, gt=0, le=1)
+    temperature: float | None = option(None, gt=0, le=1000)
+    tanh_constant: float | None = option(None, gt=0, le=1000)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ControllerSettings:
+        return cls(**check_fields(cls, dict(cfg), "controller"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_controller(
+    space: SearchSpace,
+    settings: ControllerSettings,
+    device: torch.device | str,
+    seed: int,
+) -> Controller:
+    """The controller `settings` names: TuNAS's categoricals (the caller gives them their
+    `PolicyAdam`), or NAS-RL's LSTM (`nascli/search/lstm.py`) with its own Adam."""
+    if settings.name == "lstm":
+        from nascli.search.lstm import LSTMController
+
+        return LSTMController(space, settings, device, seed)
+    return CategoricalPolicy(space, device)
+
+
 class Controller(ABC):
     """A distribution over the architectures of a space that an RL strategy samples and updates
     (TuNAS's independent categoricals here; an autoregressive controller plugs in the same way).
@@ -72,8 +117,8 @@ class Controller(ABC):
         self.cond_pos = torch.zeros(len(chains), depth, dtype=torch.long)
         self.cond_val = torch.full((len(chains), depth), -1, dtype=torch.long)
         for d, chain in enumerate(chains):
-            for j, (position, option) in enumerate(chain):
-                self.cond_pos[d, j], self.cond_val[d, j] = position, option
+            for j, (position, selected) in enumerate(chain):
+                self.cond_pos[d, j], self.cond_val[d, j] = position, selected
         self.cond_pos, self.cond_val = self.cond_pos.to(device), self.cond_val.to(device)
 
     def active(self, indices: torch.Tensor) -> torch.Tensor:

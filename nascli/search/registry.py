@@ -13,20 +13,28 @@ from typing import Any
 class Entry:
     settings: str  # "module:Class" with a `from_config(cfg)` classmethod
     job: str  # "module:function" taking the composed config
+    controller: str | None = None  # an RL strategy's default `controller=` (None: it has none)
 
 
 STRATEGIES: dict[str, Entry] = {
-    "tunas": Entry("nascli.search.tunas:TunasSettings", "nascli.jobs.search:run_tunas"),
+    "tunas": Entry(
+        "nascli.search.tunas:TunasSettings",
+        "nascli.jobs.search:run_tunas",
+        controller="categorical",
+    ),
     "random": Entry(
         "nascli.search.random:RandomSettings", "nascli.jobs.random_baseline:run_random"
     ),
     "zen": Entry("nascli.search.zen:ZenSettings", "nascli.jobs.zen_search:run_zen"),
+    "nasrl": Entry(
+        "nascli.search.nasrl:NasrlSettings", "nascli.jobs.nasrl_search:run_nasrl", controller="lstm"
+    ),
 }
 
 
-def register(name: str, settings: str, job: str) -> None:
+def register(name: str, settings: str, job: str, controller: str | None = None) -> None:
     """Add a strategy (one module and one `conf/strategy/<option>.yaml` with `name: <name>`)."""
-    STRATEGIES[name] = Entry(settings, job)
+    STRATEGIES[name] = Entry(settings, job, controller)
 
 
 def resolve(path: str) -> Any:

@@ -67,10 +67,13 @@ def warmup_probability(step: int, total: int, fraction: float) -> float:
     return 1.0 - min(max(step / window, 0.0), 1.0)
 
 
-def policy_learning_rate(step: int, total: int, base: float, delay_fraction: float) -> float:
-    """0 for t < D = ⌊delay·S⌋, then base·10^((t − D)/(S − D)): ×10 by the end."""
+def policy_learning_rate(
+    step: int, total: int, base: float, delay_fraction: float, growth: float = 10.0
+) -> float:
+    """0 for t < D = ⌊delay·S⌋, then base·growth^((t − D)/(S − D)): TuNAS's ×10 by the end
+    (growth 1: constant, as NAS-RL's controller)."""
     delay = math.floor(delay_fraction * total)
     if step < delay:
         return 0.0
     progress = (step - delay) / max(1, total - delay)
-    return base * 10.0**progress
+    return base * growth**progress

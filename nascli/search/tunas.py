@@ -25,7 +25,14 @@ from nascli.data.source import DataSource
 from nascli.errors import NascliError
 from nascli.nn.supernet import Sample, Supernet, SupernetInit
 from nascli.search.driver import Strategy
-from nascli.search.policy import CategoricalPolicy, Controller, PolicyAdam, apply_warmup
+from nascli.search.policy import (
+    CategoricalPolicy,
+    Controller,
+    ControllerSettings,
+    PolicyAdam,
+    apply_warmup,
+    make_controller,
+)
 from nascli.search.rewards import (
     REWARDS,
     EmaBaseline,
@@ -197,6 +204,7 @@ class TunasSearch(Strategy):
         target: float | None,
         ctx: Context,
         seed: int,
+        controller: ControllerSettings | None = None,
     ):
         self.settings, self.ctx, self.seed = settings, ctx, seed
         self.train_cfg = train_cfg
@@ -229,19 +237,26 @@ class TunasSearch(Strategy):
         # optimiser.
         self.weight_decay = train_cfg.weight_decay
         self.optimizer = build_optimizer(self.net, train_cfg, self.peak_lr, weight_decay=0.0)
-        # The controller: any `Controller`; TuNAS's is independent categoricals with its Adam.
-        self.policy: Controller = CategoricalPolicy(self.space, ctx.device)
-        self.policy.adam = PolicyAdam(
-            self.policy.logits.shape,
-            settings.policy_adam_beta1,
-            settings.policy_adam_beta2,
-            settings.policy_adam_epsilon,
-            settings.policy_second_moment,
-            ctx.device,
-        )
-        base = settings.policy_lr
-        if base is None:
-            base = settings.policy_lr_per_256 * train_cfg.batch_size / 256
+        # The controller: any `Controller`. TuNAS's is independent categoricals with its Adam,
+        # its rate growing ×10 after the RL delay; NAS-RL's LSTM keeps its own constant rate.
+        self.controller = controller or ControllerSettings(name="categorical")
+        self.policy: Controller = make_controller(self.space, self.controller, ctx.device, seed)
+        if isinstance(self.policy, CategoricalPolicy):
+            self.policy.adam = PolicyAdam(
+                self.policy.logits.shape,
+                settings.policy_adam_beta1,
+                settings.policy_adam_beta2,
+                settings.policy_adam_epsilon,
+                settings.policy_second_moment,
+                ctx.device,
+            )
+            base = settings.policy_lr
+            if base is None:
+                base = settings.policy_lr_per_256 * train_cfg.batch_size / 256
+            self.policy_lr_growth = 10.0
+        else:
+            base = self.controller.lr
+            self.policy_lr_growth = 1.0
         self.policy_base_lr = base
         self.baseline = EmaBaseline(settings.baseline_momentum)
         self.step = 0
@@ -378,7 +393,9 @@ class TunasSearch(Strategy):
     def train_step(self) -> StepRecord:
         s, t, S = self.settings, self.step, self.total_steps
         lr = self.learning_rate(t)
-        policy_lr = policy_learning_rate(t, S, self.policy_base_lr, s.rl_delay_fraction)
+        policy_lr = policy_learning_rate(
+            t, S, self.policy_base_lr, s.rl_delay_fraction, self.policy_lr_growth
+        )
         p_op, p_filter = self.warmups(t)
         indices, mixed, replaced = self.sample(t, p_op, p_filter)
         samples = self.local_samples(indices, mixed)

@@ -164,6 +164,9 @@ def progress_bar(console: Console, enabled: bool = True) -> Progress:
         console=console,
         disable=not enabled,
         auto_refresh=False,
+        # Without a terminal the plain lines say it all; the bar's last frame would be one
+        # more line, squeezed when another bar (a search around a candidate's) is open.
+        transient=not console.is_terminal,
     )
 
 

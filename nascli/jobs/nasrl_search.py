@@ -1,0 +1,160 @@
+"""`nascli search strategy=nasrl`: NAS-RL's multi-trial search (Zoph & Le 2017) with its LSTM
+controller (`controller=lstm`, the default of `strategy=nasrl`), every child trained from
+scratch by the shared evaluator with the `train=` recipe.
+
+The run directory holds `children/<n>/` (each child's training run), `children.csv` (every
+child: controller step, indices, cost, valid top-1, reward, params, MACs, time), `search_log.csv`
+(one row per controller step: mean reward, baseline, mean |advantage|, entropy, best so far),
+`last.pt` (children so far, the step's batch, baseline and controller: rerunning with `out=`
+resumes, a child in training from its own checkpoint), `arch.json` and `summary.json` of the
+child with the best valid top-1, and `plots/rewards.png`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from nascli.config import (
+    controller_settings,
+    fingerprint_sections,
+    network_settings,
+    run_directory,
+)
+from nascli.cost.analytic import network_cost
+from nascli.cost.models import make_cost_model
+from nascli.data import load_data
+from nascli.errors import NascliError
+from nascli.files import write_json
+from nascli.report import plots
+from nascli.report.console import RunConsole
+from nascli.report.records import arch_record
+from nascli.report.summary import RunSummary
+from nascli.report.tables import result_table
+from nascli.search.driver import drive
+from nascli.search.evaluator import Evaluator, EvaluatorSpec, evaluate_in_processes
+from nascli.search.nasrl import NasrlSearch, NasrlSettings
+from nascli.search.policy import CategoricalPolicy, PolicyAdam, make_controller
+from nascli.search.tunas import default_target
+from nascli.space.arch import get_space, parse_indices
+from nascli.space.network import decode
+from nascli.train.distributed import context, world_size
+
+
+def fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    return {
+        "command": "search",
+        **fingerprint_sections(cfg, "space", "strategy", "controller", "data", "train", "cost"),
+        "seed": cfg.seed,
+    }
+
+
+def run_nasrl(cfg: DictConfig) -> None:
+    started = time.perf_counter()
+    if world_size() > 1:
+        raise NascliError("strategy=nasrl runs in one process: start it without torchrun")
+    settings = NasrlSettings.from_config(cfg.strategy)
+    console = RunConsole()
+    ctx = context(cfg.device)
+    space = get_space(cfg.space.name)
+    net_settings = network_settings(cfg)
+    cost_model = make_cost_model(cfg.cost, space, net_settings)
+    target = default_target(cfg.cost.name, space.name, cfg.cost.target)
+    controller_cfg = controller_settings(cfg)
+    controller = make_controller(space, controller_cfg, "cpu", cfg.seed)
+    if isinstance(controller, CategoricalPolicy):  # standard Adam over the logits
+        controller.adam = PolicyAdam(
+            controller.logits.shape,
+            controller_cfg.adam_beta1,
+            controller_cfg.adam_beta2,
+            controller_cfg.adam_epsilon,
+            "mean",
+        )
+    data = load_data(cfg.data)
+    out = run_directory()
+    out.mkdir(parents=True, exist_ok=True)
+    identity = {"command": "search-child", **fingerprint_sections(cfg, "space", "data", "train")}
+    evaluator = Evaluator(
+        space,
+        net_settings,
+        cfg.train,
+        data,
+        ctx,
+        cfg.seed,
+        identity | {"seed": cfg.seed},
+        console,
+        last_epochs=settings.reward_epochs,
+    )
+    pool = None
+    if settings.workers > 1:
+        spec = EvaluatorSpec.of_config(cfg, evaluator.identity, settings.reward_epochs)
+
+        def pool(jobs: list) -> None:
+            evaluate_in_processes(spec, jobs, settings.workers)
+
+    search = NasrlSearch(
+        settings, controller, controller_cfg.lr, evaluator, cost_model, out, cfg.seed, pool
+    )
+    epochs = min(settings.reward_epochs, cfg.train.epochs)
+    header = (
+        f"search {space.title} · strategy nasrl ({controller_cfg.name} controller, "
+        f"{settings.children_per_step} children × {settings.steps} steps, reward (max valid "
+        f"top-1 of the last {epochs} epoch(s))^{settings.reward_power:g}) · recipe "
+        f"{cfg.train.name} ({cfg.train.epochs} epochs) · data {data.name}"
+    )
+    rows, seconds = drive(search, out, fingerprint(cfg), console, header)
+    best = search.best()
+    if best is None:
+        raise NascliError(f"every child failed; see {out}/children/*/error.txt")
+    arch = parse_indices(space, best["indices"])
+    network = decode(space, arch.indices, net_settings)
+    cost = network_cost(network)
+    done = [c for c in search.children if c["status"] == "done"]
+    summary = RunSummary.of_architecture(
+        arch,
+        cost,
+        command="search",
+        strategy="nasrl",
+        seed=cfg.seed,
+        cost_model=cost_model.name,
+        cost=float(best["cost"]),
+        cost_units=cost_model.units,
+        target=target,
+        valid_top1=float(best["best_valid_top1"]),
+        images=int(sum(c["images"] for c in done)),
+        seconds=seconds,
+        wall_seconds=time.perf_counter() - started,
+        details={
+            "controller": controller_cfg.name,
+            "children": len(search.children),
+            "failed": len(search.children) - len(done),
+            "controller_steps": len(rows),
+            "reward_first_step": rows[0]["reward"] if rows else None,
+            "reward_last_step": rows[-1]["reward"] if rows else None,
+        },
+    )
+    record = arch_record(arch, network, cost)
+    record["search"] = summary.search_record()
+    write_json(out / "arch.json", record)
+    summary.write(out / "summary.json")
+    (out / "plots").mkdir(exist_ok=True)
+    plots.reward_curve(out / "plots" / "rewards.png", pd.DataFrame(search.children),
+                       pd.DataFrame(rows))  # fmt: skip
+    table = result_table(
+        arch, space.title, cost, cost_model.name, float(best["cost"]), cost_model.units, target
+    )
+    table.add_row("valid top-1", f"{best['best_valid_top1']:.2%} (child {best['child']})")
+    failed = summary.details["failed"]
+    table.add_row("children · steps", f"{len(search.children)} · {len(rows)} ({failed} failed)")
+    if rows:
+        table.add_row("mean reward", f"{rows[0]['reward']:.3f} → {rows[-1]['reward']:.3f}")
+    table.add_row("search time", f"{seconds:.0f} s")
+    console.print(table)
+    console.print(
+        f"wrote {out}/arch.json, summary.json, children.csv, search_log.csv, plots/; next: "
+        f"`nascli retrain arch={out}`",
+        soft_wrap=True,
+    )

@@ -1,0 +1,187 @@
+"""NAS-RL's multi-trial search (Zoph & Le, ICLR 2017, §3.2 and §4.1): each controller step
+samples m architectures, each is trained from scratch by the shared `Evaluator`, its reward is
+(max valid top-1 over the last 5 epochs)³, and REINFORCE with an exponential-moving-average
+baseline updates the controller:
+
+    ∇J ≈ (1/m) Σ_k Σ_t ∇ log P(a_t | a_<t) (R_k − b).
+
+The baseline's decay is not in the paper: it is `baseline_decay` (0.95 by default, TuNAS's
+value; ENAS's code uses 0.99). The baseline is zero-debiased and updated with the batch's mean
+reward before the advantages are formed (TuNAS's and ENAS's order). ENAS's optional entropy
+bonus is added to each reward without a gradient (`entropy_weight`, off by default). A child
+whose training failed (out of memory, divergence) gets reward 0 and a row with its error.
+
+One unit of the driver is one child, so a SIGKILL loses at most the child in training (which
+resumes from its own checkpoint), never a finished one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nascli.cost.models import CostModel
+from nascli.search.driver import Strategy
+from nascli.search.evaluator import Evaluator
+from nascli.search.policy import Controller
+from nascli.search.rewards import EmaBaseline
+from nascli.settings import check_fields, option
+from nascli.space.arch import format_indices
+
+
+@dataclass(frozen=True)
+class NasrlSettings:
+    """The `strategy=nasrl` config group (conf/strategy/nasrl.yaml, nasrl_paper.yaml)."""
+
+    name: str = option("nasrl", choices=("nasrl",))
+    children_per_step: int = option(2, ge=1, le=100_000)  # m
+    steps: int = option(4, ge=1, le=10_000_000)  # controller steps: m × steps children
+    reward_epochs: int = option(5, ge=1, le=10_000)  # max valid top-1 over the last this many
+    reward_power: float = option(3.0, gt=0, le=100)
+    baseline_decay: float = option(0.95, ge=0, lt=1)
+    entropy_weight: float = option(0.0, ge=0, le=1000)
+    workers: int = option(1, ge=1, le=1024)  # processes training a step's children at once
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> NasrlSettings:
+        return cls(**check_fields(cls, dict(cfg), "strategy"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class NasrlSearch(Strategy):
+    """The children (`children.csv`: controller step, indices, cost, reward, then the
+    evaluator's result, whose `valid_top1_last` the reward is computed from) and one
+    row per controller step in `search_log.csv` (mean reward, baseline, mean advantage,
+    entropy, best valid top-1 so far)."""
+
+    unit = "child"
+    checkpoint_every = 1
+
+    def __init__(
+        self,
+        settings: NasrlSettings,
+        controller: Controller,
+        lr: float,
+        evaluator: Evaluator,
+        cost_model: CostModel,
+        out: Path,
+        seed: int,
+        pool: Callable[[list[tuple[Sequence[int], Path]]], object] | None = None,
+    ):
+        """`pool`, when given, trains a whole step's children at once (in worker processes)
+        as soon as the step's batch is drawn; each child's unit then collects its result."""
+        self.pool = pool
+        self.settings = settings
+        self.controller = controller
+        self.lr = lr
+        self.evaluator = evaluator
+        self.cost_model = cost_model
+        self.out = out
+        self.seed = seed
+        self.baseline = EmaBaseline(settings.baseline_decay)
+        self.children: list[dict[str, Any]] = []
+        self.batch: list[list[int]] = []
+
+    @property
+    def position(self) -> int:
+        return len(self.children)
+
+    @property
+    def total(self) -> int:
+        return self.settings.children_per_step * self.settings.steps
+
+    def _sample_batch(self, step: int) -> list[list[int]]:
+        """The step's m architectures, from a generator keyed by (seed, step): a resumed run
+        draws the same ones."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return self.controller.sample(self.settings.children_per_step, generator).tolist()
+
+    def advance(self) -> dict[str, Any] | None:
+        m = self.settings.children_per_step
+        number = len(self.children)
+        step, slot = divmod(number, m)
+        if slot == 0:
+            self.batch = self._sample_batch(step)
+        if self.pool is not None:  # after a resume too: the rest of the batch, in parallel
+            rest = range(slot, m)
+            self.pool([(self.batch[k], self._run_dir(number - slot + k)) for k in rest])
+        indices = self.batch[slot]
+        result = self.evaluator.try_evaluate(indices, self._run_dir(number))
+        accuracy = result.get("valid_top1_last") if result["status"] == "done" else None
+        reward = 0.0 if accuracy is None else accuracy**self.settings.reward_power
+        self.children.append(
+            {
+                "child": number,
+                "step": step,
+                "indices": format_indices(indices),
+                "cost": self.cost_model.cost(tuple(indices)),
+                "reward": reward,
+                **result,
+            }
+        )
+        if slot == m - 1:
+            return self._update(step)
+        return None
+
+    def _run_dir(self, number: int) -> Path:
+        return self.out / "children" / str(number)
+
+    def _update(self, step: int) -> dict[str, Any]:
+        """REINFORCE on the step's m children: baseline first, then advantages, one step."""
+        rows = self.children[-self.settings.children_per_step :]
+        indices = torch.tensor([[int(i) for i in r["indices"].split(":")] for r in rows])
+        entropy = self.controller.entropy(indices)  # no gradient (ENAS: stop-gradient)
+        rewards = torch.tensor([r["reward"] for r in rows], dtype=torch.float64)
+        rewards = rewards + self.settings.entropy_weight * entropy
+        baseline = self.baseline.update(float(rewards.mean()))
+        advantages = rewards - baseline
+        self.controller.update(indices, advantages, self.controller.active(indices), self.lr)
+        done = [c["best_valid_top1"] for c in self.children if c["status"] == "done"]
+        return {
+            "step": step,
+            "children": len(self.children),
+            "reward": float(rewards.mean()),
+            "baseline": baseline,
+            "advantage": float(advantages.abs().mean()),
+            "entropy": float(entropy.mean()),
+            "best_valid_top1": max(done) if done else None,
+        }
+
+    def log_row(self, record: dict[str, Any] | None, seconds: float) -> dict[str, Any] | None:
+        return None if record is None else {**record, "seconds": seconds}
+
+    def status(self, row: dict[str, Any]) -> str:
+        if not row:
+            return ""
+        best = row["best_valid_top1"]
+        return f"reward {row['reward']:.3f} · baseline {row['baseline']:.3f} · best " + (
+            f"{best:.1%}" if best is not None else "–"
+        )
+
+    def best(self) -> dict[str, Any] | None:
+        """The child with the highest valid top-1 (its best epoch)."""
+        done = [c for c in self.children if c["status"] == "done"]
+        return max(done, key=lambda c: c["best_valid_top1"]) if done else None
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "children": self.children,
+            "batch": self.batch,
+            "baseline": self.baseline.state_dict(),
+            "controller": self.controller.state_dict(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.children = state["children"]
+        self.batch = state["batch"]
+        self.baseline.load_state_dict(state["baseline"])
+        self.controller.load_state_dict(state["controller"])
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"children.csv": self.children}

@@ -1,0 +1,131 @@
+"""NAS-RL's multi-trial search (Zoph & Le 2017 §3.2, §4.1): m children per controller step,
+reward (max valid top-1 of the last epochs)^3, EMA baseline updated before the advantage."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from nascli.cost.models import AnalyticCost
+from nascli.search.lstm import LSTMController
+from nascli.search.nasrl import NasrlSearch, NasrlSettings
+from nascli.search.policy import ControllerSettings
+from nascli.space.network import NetworkSettings
+from nascli.space.spaces import SPACES
+from tests.conftest import TINY, assert_common_summary
+
+SPACE = SPACES["proxylessnas"]
+
+
+class FixedEvaluator:
+    """Stands in for the trainer: accuracy from the first decision, child 1 fails."""
+
+    space = SPACE
+
+    def __init__(self):
+        self.seen: list[tuple[list[int], Path]] = []
+
+    def try_evaluate(self, indices, run_dir):
+        self.seen.append((list(indices), run_dir))
+        if run_dir.name == "1":
+            return {"status": "failed", "error": "out of memory (simulated)"}
+        accuracy = 0.5 + 0.1 * indices[1]
+        return {"status": "done", "best_valid_top1": accuracy, "valid_top1_last": accuracy}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def search(tmp_path, **settings):
+    controller = LSTMController(SPACE, ControllerSettings(name="lstm"), seed=0)
+    cost = AnalyticCost(SPACE, NetworkSettings(resolution=32, num_classes=10), "macs")
+    values = {"children_per_step": 3, "steps": 2} | settings
+    return NasrlSearch(
+        NasrlSettings(**values), controller, 0.01, FixedEvaluator(), cost, tmp_path, seed=0
+    )
+
+
+def test_rewards_baseline_and_one_controller_update_per_m_children(tmp_path):
+    s = search(tmp_path)
+    before = [p.clone() for p in s.controller.tensors()]
+    assert s.advance() is None and s.advance() is None  # no update before the m-th child
+    assert all(torch.equal(a, b) for a, b in zip(before, s.controller.tensors(), strict=True))
+    row = s.advance()
+    assert row is not None and row["step"] == 0 and row["children"] == 3
+    assert not all(torch.equal(a, b) for a, b in zip(before, s.controller.tensors(), strict=True))
+    rewards = [c["reward"] for c in s.children]
+    accuracies = [0.5 + 0.1 * int(c["indices"].split(":")[1]) for c in s.children]
+    assert rewards[0] == pytest.approx(accuracies[0] ** 3)
+    assert rewards[1] == 0.0 and s.children[1]["status"] == "failed"  # a failed child
+    assert rewards[2] == pytest.approx(accuracies[2] ** 3)
+    # Baseline updated first with the batch's mean: at the first step it equals that mean.
+    assert row["baseline"] == pytest.approx(sum(rewards) / 3)
+    assert [p.name for _, p in s.evaluator.seen] == ["0", "1", "2"]
+
+
+def test_a_resumed_search_samples_the_same_batches(tmp_path):
+    whole = search(tmp_path / "a")
+    while whole.position < whole.total:
+        whole.advance()
+    part = search(tmp_path / "b")
+    part.advance()
+    part.advance()
+    part.advance()
+    part.advance()  # into the second step's batch
+    resumed = search(tmp_path / "b")
+    resumed.load_state(part.state())
+    while resumed.position < resumed.total:
+        resumed.advance()
+    assert [c["indices"] for c in resumed.children] == [c["indices"] for c in whole.children]
+    assert resumed.best()["indices"] == whole.best()["indices"]
+
+
+def test_entropy_bonus_is_added_to_the_reward_without_a_gradient(tmp_path):
+    plain, bonus = search(tmp_path / "p"), search(tmp_path / "b", entropy_weight=0.01)
+    rows = {}
+    for name, s in (("plain", plain), ("bonus", bonus)):
+        for _ in range(3):
+            rows[name] = s.advance()
+    assert [c["indices"] for c in bonus.children] == [c["indices"] for c in plain.children]
+    assert rows["bonus"]["reward"] == pytest.approx(
+        rows["plain"]["reward"] + 0.01 * rows["plain"]["entropy"]
+    )
+    assert rows["plain"]["entropy"] > 1.0
+
+
+def test_nasrl_search_end_to_end(run_cli, tmp_path):
+    out = tmp_path / "n"
+    args = [*TINY, "strategy=nasrl", "strategy.children_per_step=2", "strategy.steps=2"]
+    result = run_cli("search", *args, f"out={out}")
+    assert result.exit_code == 0, result.output
+    children = pd.read_csv(out / "children.csv")
+    log = pd.read_csv(out / "search_log.csv")
+    assert len(children) == 4 and list(children["step"]) == [0, 0, 1, 1]
+    assert len(log) == 2 and list(log["children"]) == [2, 4]
+    assert (children["reward"] - children["valid_top1_last"] ** 3).abs().max() < 1e-12
+    summary = json.loads((out / "summary.json").read_text())
+    assert_common_summary(summary, "search", "nasrl")
+    assert summary["controller"] == "lstm" and summary["children"] == 4
+    assert summary["valid_top1"] == children["best_valid_top1"].max()
+    assert (out / "plots" / "rewards.png").stat().st_size > 0
+    assert json.loads((out / "arch.json").read_text())["indices"] == summary["indices"]
+
+
+def test_a_steps_children_train_in_parallel_workers(run_cli, tmp_path):
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    args = [*TINY, "strategy=nasrl", "strategy.children_per_step=2", "strategy.steps=1"]
+    assert run_cli("search", *args, f"out={serial}").exit_code == 0
+    result = run_cli("search", *args, "strategy.workers=2", f"out={parallel}")
+    assert result.exit_code == 0, result.output
+    a = pd.read_csv(serial / "children.csv")
+    b = pd.read_csv(parallel / "children.csv")
+    assert list(a["indices"]) == list(b["indices"]) and list(b["status"]) == ["done"] * 2
+    # Same data, seeds and recipe; only the thread count differs (float summation order).
+    assert (a["best_valid_top1"] - b["best_valid_top1"]).abs().max() <= 0.05
