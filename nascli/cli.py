@@ -80,6 +80,14 @@ COMMANDS: dict[str, tuple[str, str | None, bool]] = {
         "nascli.jobs.retrain",
         True,
     ),
+    "design-space": (
+        "Choose the design space before searching (MCUNet's TinyNAS): rank every (width "
+        "multiplier, resolution) of a grid by the mean MACs of its sampled architectures that "
+        "fit the board's int8 SRAM and Flash (board=stm32f746|stm32f412|stm32h743|none); "
+        "writes design_space.csv and a CDF plot, prints the winner's overrides.",
+        "nascli.jobs.design_space",
+        True,
+    ),
     "spaces": (
         "List the search spaces: decisions, indices length, size and reference architectures.",
         "nascli.jobs.spaces",
@@ -103,6 +111,7 @@ ROOT_CONFIGS = {
     "search": "search",
     "random-baseline": "random_baseline",
     "proxies": "proxies",
+    "design-space": "design_space",
 }
 
 

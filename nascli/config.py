@@ -31,7 +31,7 @@ from nascli.train.distributed import close_process_group, shared_timestamp, worl
 #: the values of the groups that name a fixed set (the other names are each group's YAML files)
 SPACE_NAMES = ("proxylessnas", "proxylessnas_enlarged", "mnv3")
 DATA_NAMES = ("mnist", "digits", "cifar10", "cifar100", "synthetic", "imagenet", "imagefolder")
-COST_NAMES = ("macs", "params", "peak_memory", "tunas_pixel1", "lut", "measured")
+COST_NAMES = ("macs", "params", "peak_memory", "sram", "flash", "tunas_pixel1", "lut", "measured")
 PATH = "a path"
 
 
@@ -124,6 +124,26 @@ class ProxiesConfig:
 
 
 @dataclass
+class BoardConfig:
+    """`board=`: a microcontroller's memories, the int8 budgets of `nascli design-space`."""
+
+    name: str = option(MISSING, choices=("stm32f746", "stm32f412", "stm32h743", "none"))
+    sram: float | None = option(None, gt=0)  # bytes
+    flash: float | None = option(None, gt=0)  # bytes
+
+
+@dataclass
+class DesignConfig:
+    """`nascli design-space`: the grid of (width multiplier, resolution) spaces and samples."""
+
+    widths: Any = option(None, text="a list of width multipliers in (0, 16]")
+    resolutions: Any = option(None, text="a list of resolutions from 8 to 4096")
+    samples: int = option(1000, ge=1, le=10_000_000)
+    max_cost: float | None = option(None, gt=0)
+    plot: int = option(5, ge=0, le=1000)
+
+
+@dataclass
 class Config:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -139,6 +159,9 @@ class Config:
     # `nascli proxies`: the run directory or CSV to score, and how (conf/proxies.yaml).
     input: str | None = option(None, text=PATH)
     proxies: Any = None
+    # `nascli design-space`: the board's memories and the grid (conf/design_space.yaml).
+    board: Any = None
+    design: Any = None
     seed: int = option(0, ge=0, lt=2**32)
     device: str = option(
         "auto", text="auto, cpu, cuda, cuda:N or mps", pattern=r"auto|cpu|cuda(:\d+)?|mps"
@@ -205,9 +228,30 @@ def validate(cfg: DictConfig) -> None:
     check_fields(Config, top, "")
     if isinstance(cfg.get("proxies"), DictConfig):
         check_fields(ProxiesConfig, _plain(cfg.proxies), "proxies")
+    if isinstance(cfg.get("board"), DictConfig):
+        check_fields(BoardConfig, _plain(cfg.board), "board")
+    if isinstance(cfg.get("design"), DictConfig):
+        design_grid(cfg)
     strategy_settings(cfg.strategy)
     controller_settings(cfg)
     network_settings(cfg)
+
+
+def design_grid(cfg: DictConfig) -> tuple[list[float], list[int]]:
+    """The checked `design.widths` and `design.resolutions` of `nascli design-space`."""
+    values = check_fields(DesignConfig, _plain(cfg.design), "design")
+    grid = []
+    for key, low, high, kind in (("widths", 0, 16, float), ("resolutions", 7, 4096, int)):
+        items = values[key]
+        ok = isinstance(items, list) and items
+        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items)
+        ok = ok and all(low < v <= high for v in items)
+        ok = ok and (kind is float or all(float(v).is_integer() for v in items))
+        if not ok:
+            what = "numbers in (0, 16]" if kind is float else "integers from 8 to 4096"
+            raise NascliError(f"design.{key}={items!r}: expected a non-empty list of {what}")
+        grid.append([kind(v) for v in items])
+    return grid[0], grid[1]
 
 
 def controller_settings(cfg: DictConfig) -> Any:

@@ -22,7 +22,13 @@ SETTINGS = {
     "imagenet": NetworkSettings(resolution=224),
     "digits": NetworkSettings(resolution=32, num_classes=10, in_channels=1, width_multiplier=0.5),
 }
-FIELDS = {"macs": "macs", "params": "params", "peak_memory": "peak_memory_bytes"}
+FIELDS = {
+    "macs": "macs",
+    "params": "params",
+    "peak_memory": "peak_memory_bytes",
+    "sram": "sram_bytes",
+    "flash": "flash_bytes",
+}
 
 
 def random_archs(space, count: int, seed: int = 0) -> torch.Tensor:
@@ -81,11 +87,16 @@ def test_a_layer_missing_from_the_table_is_refused_when_the_cost_is_built():
         LutCost(space, settings, table)
 
 
-def test_peak_memory_is_the_largest_layer_not_a_sum():
+@pytest.mark.parametrize("metric", ["peak_memory", "sram"])
+def test_peak_memory_is_the_largest_layer_not_a_sum(metric):
     space, settings = SPACES["proxylessnas"], SETTINGS["digits"]
-    peak = AnalyticCost(space, settings, "peak_memory")
+    peak = AnalyticCost(space, settings, metric)
     network = decode(space, [0] * space.num_decisions, settings)
-    per_layer = [c.peak_elements * 4 for c in network_cost(network).layers]
+    cost = network_cost(network)
+    per_layer = (
+        [c.peak_elements * 4 for c in cost.layers] if metric == "peak_memory"
+        else list(cost.layer_sram_bytes)
+    )  # fmt: skip
     assert peak.cost([0] * space.num_decisions) == max(per_layer) < sum(per_layer)
     with pytest.raises(ValueError, match="no per-layer expectation"):
         peak.expected([torch.ones(d.num_choices) / d.num_choices for d in space.decisions])

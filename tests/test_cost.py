@@ -3,7 +3,14 @@
 import pytest
 from conftest import SPACE_NAMES, random_archs
 
-from nascli.cost.analytic import count_macs, count_params, layer_cost, network_cost
+from nascli.cost.analytic import (
+    count_macs,
+    count_params,
+    layer_cost,
+    layer_flash,
+    layer_sram,
+    network_cost,
+)
 from nascli.nn.builder import build_model
 from nascli.space.network import LayerArgs, NetworkSettings, decode
 from nascli.space.references import references_in
@@ -75,3 +82,45 @@ def test_peak_memory_of_a_network_is_its_largest_layer_in_bytes():
     # in, 96 at 56² out (the 16-channel block input is already freed).
     assert cost.peak_memory_bytes == 4 * (96 * 112**2 + 96 * 56**2)
     assert cost.peak_memory_bytes == 4 * max(c.peak_elements for c in cost.layers)
+
+
+def test_int8_sram_follows_mcunets_peak_activation_count_by_hand():
+    """MCUNet's `count_peak_activation_size`: each conv holds input + output; a residual
+    block's input stays alive during the depthwise conv; one byte an element."""
+    # Residual IBN, 8 -> 48 -> 8 at 4×4: the depthwise conv (48·16 in, 48·16 out) plus the
+    # block input (8·16) is the block's peak, not the expand or project conv (8·16 + 48·16).
+    ibn = LayerArgs("x", "ibn", 8, 8, 4, 4, kernel=3, expansion=6, mid_channels=48, residual=True)
+    assert layer_sram(ibn) == 48 * 16 + 48 * 16 + 8 * 16
+    # Without the residual, stride 2 (4×4 -> 2×2): the block input is freed after the expand.
+    plain = LayerArgs("x", "ibn", 8, 16, 4, 2, kernel=3, stride=2, expansion=6, mid_channels=48)
+    assert layer_sram(plain) == max(8 * 16 + 48 * 16, 48 * 16 + 48 * 4, 48 * 4 + 16 * 4)
+    # Expansion 1 keeps its expand conv in nascli's spaces, so it is counted (16·64 + 16·64).
+    one = LayerArgs("x", "ibn", 16, 16, 8, 8, kernel=3, expansion=1, mid_channels=16, residual=True)
+    assert layer_sram(one) == max(16 * 64 * 2, 16 * 64 * 2 + 16 * 64)
+    # A stride-2 stem conv: its input and output, in bytes (int8), a quarter of fp32's.
+    stem = LayerArgs("s", "conv", 3, 32, 224, 112, kernel=3, stride=2)
+    assert layer_sram(stem) == 3 * 224 * 224 + 32 * 112 * 112
+    assert 4 * layer_sram(stem) == 4 * layer_cost(stem).peak_elements
+    assert layer_sram(LayerArgs("p", "gap", 1280, 1280, 7, 1, bn=False)) == 0
+
+
+def test_int8_flash_counts_weights_at_one_byte_and_a_folded_int32_bias_per_channel():
+    stem = LayerArgs("s", "conv", 3, 32, 224, 112, kernel=3, stride=2)
+    assert layer_flash(stem) == 3 * 3 * 3 * 32 + 4 * 32
+    ibn = LayerArgs("x", "ibn", 8, 8, 4, 4, kernel=3, expansion=6, mid_channels=48)
+    assert layer_flash(ibn) == (8 * 48 + 4 * 48) + (9 * 48 + 4 * 48) + (48 * 8 + 4 * 8)
+    se = LayerArgs("x", "ibn", 8, 8, 4, 4, kernel=3, expansion=6, mid_channels=48, se_channels=16)
+    assert layer_flash(se) - layer_flash(ibn) == (48 * 16 + 4 * 16) + (16 * 48 + 4 * 48)
+    assert layer_flash(LayerArgs("c", "linear", 1280, 1000, 1, 1, bn=False)) == 1_284_000
+
+
+def test_a_networks_sram_is_its_largest_layer_and_its_flash_the_sum():
+    indices = references_in(SPACES["proxylessnas_enlarged"])["mobilenet_v2"]
+    network = decode(SPACES["proxylessnas_enlarged"], indices, NetworkSettings())
+    cost = network_cost(network)
+    per_layer = [layer_sram(layer) for layer in network.layers]
+    assert cost.sram_bytes == max(per_layer) < sum(per_layer)
+    assert cost.flash_bytes == sum(layer_flash(layer) for layer in network.layers)
+    # MobileNetV2 at 224: the first IBN's stride-2 depthwise conv sets it (96·112² + 96·56²),
+    # the same layer as the fp32 live-set peak, in a quarter of the bytes.
+    assert cost.sram_bytes == 96 * 112**2 + 96 * 56**2 == cost.peak_memory_bytes // 4

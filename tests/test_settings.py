@@ -13,7 +13,14 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from nascli.cli import ROOT_CONFIGS
-from nascli.config import GROUP_SCHEMAS, Config, ProxiesConfig, precheck
+from nascli.config import (
+    GROUP_SCHEMAS,
+    BoardConfig,
+    Config,
+    DesignConfig,
+    ProxiesConfig,
+    precheck,
+)
 from nascli.errors import NascliError
 from nascli.search.nasrl import NasrlSettings
 from nascli.search.policy import ControllerSettings
@@ -91,6 +98,14 @@ STRATEGY_SCHEMAS = {
     "nasrl": (NasrlSettings,),
 }
 
+#: Sections only some commands compose, with their schemas.
+OTHER_SCHEMAS = {
+    "proxies": ProxiesConfig,
+    "controller": ControllerSettings,
+    "board": BoardConfig,
+    "design": DesignConfig,
+}
+
 #: (command's root config, overrides) covering every config group's schema once
 COMPOSITIONS = [
     ("config", []),  # build, retrain, profile-latency, spaces
@@ -101,6 +116,7 @@ COMPOSITIONS = [
     ("search", ["strategy=nasrl", "controller=lstm"]),
     ("random_baseline", []),
     ("proxies", []),
+    ("design_space", []),
 ]
 assert set(ROOT_CONFIGS.values()) <= {name for name, _ in COMPOSITIONS}
 
@@ -124,15 +140,13 @@ def leaves() -> list[tuple[str, str, list[str], type, object]]:
             cfg = compose(config_name=config, overrides=overrides)
         tree = OmegaConf.to_container(cfg, resolve=False)
         for group, values in tree.items():
-            if group in GROUP_SCHEMAS or group in ("strategy", "proxies", "controller"):
+            if group in GROUP_SCHEMAS or group in OTHER_SCHEMAS or group == "strategy":
                 if not isinstance(values, dict):
                     continue
                 if group == "strategy":
                     schemas = STRATEGY_SCHEMAS[values["name"]]
-                elif group == "controller":
-                    schemas = (ControllerSettings,)
                 else:
-                    schemas = (GROUP_SCHEMAS.get(group, ProxiesConfig),)
+                    schemas = (GROUP_SCHEMAS.get(group) or OTHER_SCHEMAS[group],)
                 for key in values:
                     schema, f = _schema_field(schemas, key)
                     found.setdefault((config, f"{group}.{key}", tuple(overrides)), (schema, f))

@@ -7,9 +7,22 @@ Conventions (stated once, used everywhere):
 * **MACs** are multiply-accumulates of convolutions and linear layers (including the SE's 1×1
   convs), as `torch.utils.flop_counter` counts them divided by 2; BN, activations, pooling,
   residual adds and the SE gate multiply are not counted. torchvision's "GFLOPS" are these MACs.
-* **Peak memory** is the largest sum of live activation tensors during batch-1 inference, in
-  bytes, with BN folded and activations in place: at each primitive op the live set is the op's
-  input, its output, and any tensor kept for later (an IBN's residual input, an SE's gate).
+* **Peak memory** (`peak_memory`, fp32) is the largest sum of live activation tensors during
+  batch-1 inference, in bytes at 4 bytes an element, with BN folded and activations in place:
+  at each primitive op the live set is the op's input, its output, and any tensor kept for
+  later (an IBN's residual input, an SE's gate).
+* **SRAM** (`sram`, int8) is MCUNet's peak activation memory (the official
+  `count_peak_activation_size`, MCUNet NeurIPS 2020): one byte an element, batch 1; each conv
+  holds its input plus its output; in an inverted bottleneck (or a separable conv) with a
+  residual the block's input also stays alive during the depthwise conv (not during the
+  project conv, as the official code counts it); a skipped layer holds nothing; the pooling
+  layer is not counted, the classifier is; the network's SRAM is the **maximum** over layers,
+  never a sum. An SE's tensors are vectors far smaller than its depthwise conv's, so they never
+  set a maximum and are left out.
+* **Flash** (`flash`, int8) is the deployed model's weight bytes: every conv and linear weight
+  at one byte, plus one int32 bias (4 bytes) per output channel of every conv and linear, into
+  which the BN that follows it is folded (SE convs included). Quantisation scales and zero
+  points, the runtime and the code are not counted.
 """
 
 from __future__ import annotations
@@ -35,6 +48,9 @@ class NetworkCost:
     macs: int
     peak_memory_bytes: int
     layers: tuple[LayerCost, ...]
+    sram_bytes: int = 0  # int8 peak activation memory (MCUNet's convention)
+    flash_bytes: int = 0  # int8 weights + int32 biases
+    layer_sram_bytes: tuple[int, ...] = ()
 
 
 def _bn(channels: int, bn: bool = True) -> int:
@@ -75,13 +91,62 @@ def layer_cost(layer: LayerArgs) -> LayerCost:
     raise ValueError(f"unknown layer kind {layer.kind!r}")
 
 
+INT32_BIAS = 4  # bytes of one folded bias
+
+
+def layer_sram(layer: LayerArgs) -> int:
+    """Int8 bytes the layer needs at its peak, by MCUNet's convention (module docstring)."""
+    c_in, c_out = layer.in_channels, layer.out_channels
+    hw_in, hw_out = layer.in_resolution**2, layer.out_resolution**2
+    a_in, a_out = c_in * hw_in, c_out * hw_out
+    kept = a_in if layer.residual else 0
+    if layer.kind in ("conv", "linear"):
+        return a_in + a_out
+    if layer.kind == "sepconv":  # depthwise on the input, then the 1×1 project
+        depthwise = a_in + c_in * hw_out
+        return max(depthwise + kept, c_in * hw_out + a_out)
+    if layer.kind == "ibn":
+        mid = layer.mid_channels
+        expand = a_in + mid * hw_in
+        depthwise = mid * hw_in + mid * hw_out
+        project = mid * hw_out + a_out
+        return max(expand, depthwise + kept, project)
+    if layer.kind == "gap":
+        return 0
+    raise ValueError(f"unknown layer kind {layer.kind!r}")
+
+
+def layer_flash(layer: LayerArgs) -> int:
+    """Int8 weight bytes plus int32 bias bytes of the layer (BN folded)."""
+    c_in, c_out, k = layer.in_channels, layer.out_channels, layer.kernel
+    bias = INT32_BIAS
+    if layer.kind in ("conv", "linear"):
+        size = k * k if layer.kind == "conv" else 1
+        return size * c_in * c_out + bias * c_out
+    if layer.kind == "sepconv":
+        return k * k * c_in + bias * c_in + c_in * c_out + bias * c_out
+    if layer.kind == "ibn":
+        mid, se = layer.mid_channels, layer.se_channels
+        total = c_in * mid + bias * mid + k * k * mid + bias * mid + mid * c_out + bias * c_out
+        if se:
+            total += mid * se + bias * se + se * mid + bias * mid
+        return total
+    if layer.kind == "gap":
+        return 0
+    raise ValueError(f"unknown layer kind {layer.kind!r}")
+
+
 def network_cost(network: Network, bytes_per_element: int = 4) -> NetworkCost:
     layers = tuple(layer_cost(layer) for layer in network.layers)
+    sram = tuple(layer_sram(layer) for layer in network.layers)
     return NetworkCost(
         params=sum(c.params for c in layers),
         macs=sum(c.macs for c in layers),
         peak_memory_bytes=max(c.peak_elements for c in layers) * bytes_per_element,
         layers=layers,
+        sram_bytes=max(sram),
+        flash_bytes=sum(layer_flash(layer) for layer in network.layers),
+        layer_sram_bytes=sram,
     )
 
 

@@ -117,10 +117,26 @@ def group_layers(
     else:
         decoder.channels = _width(space, group.incoming, chosen[group.incoming], settings)
     width = _width(space, group.width, chosen[group.width], settings)
-    own = iter([chosen[p] for p in group.own])
-    for k, entry in enumerate(group.entries):
-        decoder.layer(f"{group.block.name}.{group.first + k}", resolve(entry, own), width)
+    resolved = _resolved(group.entries, tuple(chosen[p] for p in group.own))
+    for k, entry in enumerate(resolved):
+        decoder.layer(f"{group.block.name}.{group.first + k}", entry, width)
     return decoder.layers
+
+
+_RESOLVED: dict[tuple, tuple[Sequence, list]] = {}
+
+
+def _resolved(entries: Sequence, values: tuple[int, ...]) -> list:
+    """The group's entries with their own decisions taken. They depend on neither the width
+    nor the resolution, so compiling one space at many settings resolves each once. Keyed by
+    the entries' identities (hashing the nodes would cost what resolving does); the cache
+    holds the entries themselves, so no identity is reused while it is cached."""
+    key = (tuple(id(entry) for entry in entries), values)
+    found = _RESOLVED.get(key)
+    if found is None:
+        own = iter(values)
+        found = _RESOLVED[key] = (tuple(entries), [resolve(entry, own) for entry in entries])
+    return found[1]
 
 
 @dataclass(frozen=True)
@@ -139,24 +155,35 @@ class Term:
 def layer_terms(space: SearchSpace, settings: NetworkSettings, value: LayerValue) -> list[Term]:
     """`value` of every group's layers for every combination of the group's decisions, and of
     the classifier for every width of the last block."""
+    return layer_terms_many(space, settings, [value])[0]
+
+
+def layer_terms_many(
+    space: SearchSpace, settings: NetworkSettings, values: Sequence[LayerValue]
+) -> list[list[Term]]:
+    """`layer_terms` of several values at once: each combination is decoded once."""
     sizes = [d.num_choices for d in space.decisions]
-    terms = []
+    terms: list[list[Term]] = [[] for _ in values]
     groups, final_resolution = entry_groups(space, settings)
     for group in groups:
         shape = tuple(sizes[p] for p in group.positions)
-        table = [
-            value(group_layers(space, settings, group, combo))
-            for combo in itertools.product(*(range(n) for n in shape))
-        ]
-        terms.append(Term(group.positions, shape, torch.tensor(table, dtype=torch.float64)))
+        tables: list[list[float]] = [[] for _ in values]
+        for combo in itertools.product(*(range(n) for n in shape)):
+            layers = group_layers(space, settings, group, combo)
+            for table, value in zip(tables, values, strict=True):
+                table.append(value(layers))
+        for out, table in zip(terms, tables, strict=True):
+            out.append(Term(group.positions, shape, torch.tensor(table, dtype=torch.float64)))
     last = len(space.decisions) - 1  # the last block's width is the last decision
-    classifier = []
+    classifiers = []
     for v in range(sizes[last]):
         decoder = _Decoder(settings, 0)
         decoder.channels = _width(space, last, v, settings)
         decoder.resolution = final_resolution
-        classifier.append(value([decoder.classifier()]))
-    terms.append(Term((last,), (sizes[last],), torch.tensor(classifier, dtype=torch.float64)))
+        classifiers.append([decoder.classifier()])
+    for out, value in zip(terms, values, strict=True):
+        table = torch.tensor([value(layers) for layers in classifiers], dtype=torch.float64)
+        out.append(Term((last,), (sizes[last],), table))
     return terms
 
 

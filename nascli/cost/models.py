@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from nascli.cost.analytic import layer_cost
-from nascli.cost.compiled import CompiledCost, LayerValue
+from nascli.cost.analytic import layer_cost, layer_flash, layer_sram
+from nascli.cost.compiled import CompiledCost, LayerValue, layer_terms_many
 from nascli.cost.lut import NO_CORRECTION, LookupTable, settings_meta
 from nascli.cost.pixel1 import Pixel1Model
 from nascli.cost.timing import Protocol, Timing, measure, protocol_from_config
@@ -28,7 +28,15 @@ from nascli.nn.builder import build_model
 from nascli.space.network import LayerArgs, Network, NetworkSettings, decode
 from nascli.space.spaces import SearchSpace
 
-ANALYTIC_UNITS = {"macs": "MACs", "params": "params", "peak_memory": "bytes"}
+ANALYTIC_UNITS = {
+    "macs": "MACs",
+    "params": "params",
+    "peak_memory": "bytes",  # fp32 live-set peak
+    "sram": "bytes",  # int8 peak activation memory, MCUNet's convention
+    "flash": "bytes",  # int8 weights + int32 biases
+}
+#: Analytic costs whose network value is the maximum over layers, not the sum.
+PEAK_METRICS = ("peak_memory", "sram")
 
 
 class CostModel(ABC):
@@ -78,13 +86,30 @@ def _analytic_value(metric: str, bytes_per_element: int = 4) -> LayerValue:
         return lambda layers: max(
             (layer_cost(layer).peak_elements * bytes_per_element for layer in layers), default=0
         )
+    if metric == "sram":
+        return lambda layers: max((layer_sram(layer) for layer in layers), default=0)
+    if metric == "flash":
+        return lambda layers: sum(layer_flash(layer) for layer in layers)
     return lambda layers: sum(getattr(layer_cost(layer), metric) for layer in layers)
 
 
 @functools.cache
 def compiled_analytic(space: SearchSpace, settings: NetworkSettings, metric: str) -> CompiledCost:
-    reduce = "max" if metric == "peak_memory" else "sum"
-    return CompiledCost.of_layers(space, settings, _analytic_value(metric), reduce)
+    return compiled_analytics(space, settings, (metric,))[metric]
+
+
+def compiled_analytics(
+    space: SearchSpace, settings: NetworkSettings, metrics: tuple[str, ...]
+) -> dict[str, CompiledCost]:
+    """Several analytic costs compiled together (each layer combination decoded once)."""
+    values = [_analytic_value(metric) for metric in metrics]
+    terms = layer_terms_many(space, settings, values)
+    return {
+        metric: CompiledCost(
+            space.num_decisions, metric_terms, "max" if metric in PEAK_METRICS else "sum"
+        )
+        for metric, metric_terms in zip(metrics, terms, strict=True)
+    }
 
 
 class AnalyticCost(Compiled):

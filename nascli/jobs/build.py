@@ -33,7 +33,14 @@ def run(cfg: DictConfig) -> None:
     console.print(layer_table(network, cost, title))
     console.print(
         f"params {cost.params:,} ({human(cost.params)}) · MACs {cost.macs:,} "
-        f"({human(cost.macs)}) · peak activation memory {human(cost.peak_memory_bytes, 'B')}"
+        f"({human(cost.macs)}) · peak activation memory {human(cost.peak_memory_bytes, 'B')} "
+        "(fp32)"
+    )
+    peak = max(range(len(network.layers)), key=lambda i: cost.layer_sram_bytes[i])
+    console.print(
+        f"int8 deployment (MCUNet's convention, kB = 1,000 B): SRAM {cost.sram_bytes / 1e3:,.1f} "
+        f"kB (set by layer {network.layers[peak].name}) · Flash {cost.flash_bytes / 1e3:,.1f} kB",
+        soft_wrap=True,
     )
     console.print(f"indices {arch.text}")
 

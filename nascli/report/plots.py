@@ -175,3 +175,19 @@ def reward_curve(path: Path, children: pd.DataFrame, log: pd.DataFrame) -> None:
     ax.set_ylabel("reward")
     ax.legend(fontsize=8)
     save(fig, path)
+
+
+def macs_cdfs(path: Path, curves: dict[str, Any], budget_note: str) -> None:
+    """MCUNet's Fig. 3: per design space, the CDF of the MACs of its samples within the
+    budgets (label -> sorted MACs)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, values in curves.items():
+        values = np.asarray(values, dtype=float)
+        if len(values):
+            ax.plot(values / 1e6, np.arange(1, len(values) + 1) / len(values), label=label)
+    ax.set_xlabel("MACs (M) of the samples that fit")
+    ax.set_ylabel("cumulative share")
+    ax.set_title(budget_note, fontsize=9)
+    ax.legend(fontsize=8)
+    save(fig, path)

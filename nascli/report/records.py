@@ -27,6 +27,8 @@ def arch_record(arch: Architecture, network: Network, cost: NetworkCost) -> dict
             "params": cost.params,
             "macs": cost.macs,
             "peak_memory_bytes": cost.peak_memory_bytes,
+            "sram_bytes": cost.sram_bytes,
+            "flash_bytes": cost.flash_bytes,
         },
         "layers": layer_rows(network, cost),
         "nascli_version": __version__,

@@ -23,13 +23,15 @@ LAYER_COLUMNS = (
     ("out_resolution", "res"),
     ("params", "params"),
     ("macs", "MACs"),
+    ("sram_bytes", "SRAM"),
 )
 
 
 def layer_rows(network: Network, cost: NetworkCost) -> list[dict[str, Any]]:
     """One plain dict per layer: what the per-layer table and `arch.json` show."""
     rows = []
-    for layer, layer_cost in zip(network.layers, cost.layers, strict=True):
+    sram = cost.layer_sram_bytes or (None,) * len(network.layers)
+    for layer, layer_cost, layer_sram in zip(network.layers, cost.layers, sram, strict=True):
         kind = layer.kind + ("+x" if layer.residual else "")
         rows.append(
             {
@@ -47,6 +49,7 @@ def layer_rows(network: Network, cost: NetworkCost) -> list[dict[str, Any]]:
                 "se_channels": layer.se_channels or None,
                 "params": layer_cost.params,
                 "macs": layer_cost.macs,
+                "sram_bytes": layer_sram,
             }
         )
     return rows
@@ -70,8 +73,16 @@ def human(value: float, unit: str = "", digits: int = 3) -> str:
 
 def layer_table(network: Network, cost: NetworkCost, title: str) -> Table:
     table = Table(title=title, show_footer=True, header_style="bold")
-    table.caption = "+x: residual · res: output resolution · MACs: multiply-accumulates"
-    totals = {"name": "total", "params": human(cost.params), "macs": human(cost.macs)}
+    table.caption = (
+        "+x: residual · res: output resolution · MACs: multiply-accumulates · SRAM: int8 "
+        "activation bytes the layer needs (MCUNet's convention; the network's is the maximum)"
+    )
+    totals = {
+        "name": "total",
+        "params": human(cost.params),
+        "macs": human(cost.macs),
+        "sram_bytes": f"max {human(cost.sram_bytes, 'B')}",
+    }
     for key, header in LAYER_COLUMNS:
         text = key in ("name", "type")
         table.add_column(
@@ -79,6 +90,7 @@ def layer_table(network: Network, cost: NetworkCost, title: str) -> Table:
         )
     for row in layer_rows(network, cost):
         row |= {"params": human(row["params"]), "macs": human(row["macs"])}
+        row["sram_bytes"] = human(row["sram_bytes"], "B") if row["sram_bytes"] else ""
         table.add_row(*(_cell(row[key]) for key, _ in LAYER_COLUMNS))
     return table
 

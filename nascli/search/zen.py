@@ -35,7 +35,13 @@ from nascli.space.schema import Zero
 from nascli.space.spaces import SearchSpace
 
 #: Budgets in the order they are checked (cheapest first), with the analytic field they read.
-BUDGETS = (("params", "params"), ("macs", "macs"), ("peak_memory", "peak_memory_bytes"))
+BUDGETS = (
+    ("params", "params"),
+    ("macs", "macs"),
+    ("peak_memory", "peak_memory_bytes"),
+    ("sram", "sram_bytes"),
+    ("flash", "flash_bytes"),
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,9 @@ class ZenSettings:
     max_cost: float | None = option(None, gt=0)  # in the cost model's units; default: cost.target
     max_params: float | None = option(None, gt=0)
     max_macs: float | None = option(None, gt=0)
-    max_peak_memory: float | None = option(None, gt=0)  # bytes
+    max_peak_memory: float | None = option(None, gt=0)  # bytes (fp32 live set)
+    max_sram: float | None = option(None, gt=0)  # bytes (int8 peak activation, MCUNet)
+    max_flash: float | None = option(None, gt=0)  # bytes (int8 weights + int32 biases)
     log_every: int = option(10, ge=1, le=10**9)
     checkpoint_every: int = option(100, ge=0)
     proxy_settings: ProxySettings = field(default_factory=ProxySettings)

@@ -1,0 +1,94 @@
+"""MCUNet's TinyNAS stage 1 (NeurIPS 2020 §3.1): spaces ranked by the mean MACs of the samples
+within every memory budget (mistakes: a budget not gating, rejected samples in the ranking,
+mean over all samples, kB vs KiB)."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from nascli.cost.analytic import network_cost
+from nascli.errors import NascliError
+from nascli.search.design import Budgets, rank_design_spaces
+from nascli.space.arch import sample_indices
+from nascli.space.network import NetworkSettings, decode
+from nascli.space.spaces import SPACES
+
+SPACE = SPACES["proxylessnas"]
+BASE = NetworkSettings(num_classes=10, in_channels=3)
+
+
+def decoded(width, resolution, samples=60, seed=0):
+    settings = NetworkSettings(num_classes=10, in_channels=3, resolution=resolution,
+                               width_multiplier=width)  # fmt: skip
+    indices = sample_indices(SPACE, samples, torch.Generator().manual_seed(seed))
+    return [network_cost(decode(SPACE, row, settings)) for row in indices.tolist()]
+
+
+def test_the_mean_is_over_the_samples_within_both_budgets_only():
+    widths, resolutions = [0.35, 0.5], [96, 128]
+    budgets = Budgets(sram=200e3, flash=600e3)
+    report = rank_design_spaces(SPACE, BASE, widths, resolutions, 60, budgets)
+    assert len(report.ranked) == 4
+    for row in report.ranked:
+        costs = decoded(row.width, row.resolution)
+        fit = [c for c in costs if c.sram_bytes <= 200e3 and c.flash_bytes <= 600e3]
+        assert row.fit == len(fit)
+        assert row.over_sram == sum(c.sram_bytes > 200e3 for c in costs)
+        assert row.over_flash == sum(c.flash_bytes > 600e3 for c in costs)
+        if fit:
+            assert row.mean_macs == pytest.approx(sum(c.macs for c in fit) / len(fit))
+            assert row.mean_macs <= max(c.macs for c in fit)
+    means = [r.mean_macs for r in report.ranked if r.fit]
+    assert means == sorted(means, reverse=True)
+
+
+def test_each_budget_gates_a_sample_on_its_own():
+    widths, resolutions = [0.5], [128]
+    sram_only = rank_design_spaces(SPACE, BASE, widths, resolutions, 60, Budgets(sram=200e3))
+    flash_only = rank_design_spaces(SPACE, BASE, widths, resolutions, 60, Budgets(flash=600e3))
+    both = rank_design_spaces(SPACE, BASE, widths, resolutions, 60, Budgets(200e3, 600e3))
+    a, b, c = sram_only.ranked[0], flash_only.ranked[0], both.ranked[0]
+    assert a.over_sram > 0 and b.over_flash > 0  # the budgets bind at this size
+    assert c.fit < min(a.fit, b.fit) and c.fit >= 60 - a.over_sram - b.over_flash
+
+
+def test_a_budget_on_a_fitted_cost_is_refused():
+    with pytest.raises(NascliError, match="needs an analytic cost"):
+        Budgets(cost="lut", max_cost=4.0)
+
+
+def test_design_space_command_writes_the_ranking_and_the_winners_overrides(run_cli, tmp_path):
+    out = tmp_path / "d"
+    result = run_cli(
+        "design-space", "design.widths=[0.3,0.5]", "design.resolutions=[96,128]",
+        "design.samples=100", "data=synthetic", "data.in_channels=3", f"out={out}",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "design_space.csv")
+    assert len(frame) == 4 and list(frame["rank"]) == [1, 2, 3, 4]
+    width, resolution = float(frame["width"][0]), int(frame["resolution"][0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sram_budget"] == 320_000 and summary["flash_budget"] == 1_000_000  # kB
+    assert (summary["best_width"], summary["best_resolution"]) == (width, resolution)
+    expected = f"space.width_multiplier={width:g} data.resolution={resolution}"
+    assert expected in " ".join(result.output.split())
+    assert "1,200 cost evaluations" in result.output  # 4 spaces × 100 samples × 3 metrics
+    assert (out / "plots" / "macs_cdf.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("design.widths=[0.5,0]", "design.widths=[0.5, 0]: expected a non-empty list"),
+        ("design.resolutions=[96.5]", "design.resolutions=[96.5]: expected a non-empty list"),
+        ("board.sram=-1", "board.sram=-1"),
+    ],
+)
+def test_a_bad_grid_or_board_is_refused_before_work(run_cli, tmp_path, override, message):
+    out = tmp_path / "bad"
+    result = run_cli("design-space", override, f"out={out}")
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (out / "design_space.csv").exists()
