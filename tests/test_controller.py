@@ -164,7 +164,7 @@ def test_enas_logit_shaping_divides_by_the_temperature_before_the_tanh():
 
 def test_tunas_search_runs_with_the_lstm_controller(run_cli, tmp_path):
     out = tmp_path / "s"
-    result = run_cli("search", *TINY, "train.epochs=2", "controller=lstm", f"out={out}")
+    result = run_cli("search", *TINY, "controller=lstm", f"out={out}")
     assert result.exit_code == 0, result.output
     assert "lstm controller" in result.output
     summary = json.loads((out / "summary.json").read_text())

@@ -144,7 +144,7 @@ def test_sigterm_inside_a_candidate_checkpoints_both_levels_and_a_rerun_resumes(
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "stopped"
     command = [sys.executable, "-m", "nascli", "random-baseline", *TINY,
-               "strategy.num_samples=2", "train.epochs=8", "train.checkpoint_every=1",
+               "strategy.num_samples=2", "train.epochs=4", "train.checkpoint_every=1",
                f"out={out}"]  # fmt: skip
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
