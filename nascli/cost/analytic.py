@@ -48,9 +48,9 @@ class NetworkCost:
     macs: int
     peak_memory_bytes: int
     layers: tuple[LayerCost, ...]
-    sram_bytes: int = 0  # int8 peak activation memory (MCUNet's convention)
-    flash_bytes: int = 0  # int8 weights + int32 biases
-    layer_sram_bytes: tuple[int, ...] = ()
+    sram_bytes: int  # int8 peak activation memory (MCUNet's convention)
+    flash_bytes: int  # int8 weights + int32 biases
+    layer_sram_bytes: tuple[int, ...]  # each layer's, in `layers` order
 
 
 def _bn(channels: int, bn: bool = True) -> int:

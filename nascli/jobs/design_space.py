@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 from omegaconf import DictConfig
+from rich.table import Table
 
 from nascli.config import design_grid, network_settings, run_directory
 from nascli.errors import NascliError
@@ -72,8 +73,6 @@ def run(cfg: DictConfig) -> None:
         for rank, r in enumerate(report.ranked)
     ]
     write_csv(out / "design_space.csv", rows)
-    from rich.table import Table
-
     table = Table(title="design spaces by mean MACs of the samples that fit", title_justify="left")
     for column in ("#", "width", "res", "fit", "mean MACs", "top 20% above", "over SRAM",
                    "over Flash", "over cost"):  # fmt: skip

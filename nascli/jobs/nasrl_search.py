@@ -35,7 +35,7 @@ from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import result_table
 from nascli.search.driver import drive
-from nascli.search.evaluator import Evaluator, EvaluatorSpec, evaluate_in_processes
+from nascli.search.evaluator import EvaluatorSpec, evaluate_in_processes
 from nascli.search.nasrl import NasrlSearch, NasrlSettings
 from nascli.search.policy import CategoricalPolicy, PolicyAdam, make_controller
 from nascli.search.tunas import default_target
@@ -76,21 +76,15 @@ def run_nasrl(cfg: DictConfig) -> None:
     data = load_data(cfg.data)
     out = run_directory()
     out.mkdir(parents=True, exist_ok=True)
-    identity = {"command": "search-child", **fingerprint_sections(cfg, "space", "data", "train")}
-    evaluator = Evaluator(
-        space,
-        net_settings,
-        cfg.train,
-        data,
-        ctx,
-        cfg.seed,
-        identity | {"seed": cfg.seed},
-        console,
-        last_epochs=settings.reward_epochs,
-    )
+    identity = {
+        "command": "search-child",
+        **fingerprint_sections(cfg, "space", "data", "train"),
+        "seed": cfg.seed,
+    }
+    spec = EvaluatorSpec.of_config(cfg, identity, settings.reward_epochs)
+    evaluator = spec.build(console, data, ctx)
     pool = None
     if settings.workers > 1:
-        spec = EvaluatorSpec.of_config(cfg, evaluator.identity, settings.reward_epochs)
 
         def pool(jobs: list) -> None:
             evaluate_in_processes(spec, jobs, settings.workers)

@@ -25,7 +25,6 @@ from rich.table import Table
 from nascli.config import fingerprint_sections, network_settings, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.cost.models import make_cost_model
-from nascli.cost.timing import physical_cores
 from nascli.data import load_data
 from nascli.errors import NascliError, Stopped
 from nascli.files import write_json
@@ -35,7 +34,7 @@ from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import human
 from nascli.search.driver import drive
-from nascli.search.evaluator import Evaluator, EvaluatorSpec, evaluate_in_processes
+from nascli.search.evaluator import EvaluatorSpec, evaluate_in_processes
 from nascli.search.random import RandomSearch, RandomSettings, cost_window, sample_in_window
 from nascli.search.tunas import default_target
 from nascli.space.arch import format_indices, get_space, parse_indices
@@ -66,19 +65,6 @@ def run_identity(cfg: DictConfig, request: dict[str, Any], world: int) -> dict[s
         "seed": cfg.seed,
         "world_size": world,
     }
-
-
-def make_evaluator(cfg: DictConfig, data, ctx, console: Console) -> Evaluator:
-    return Evaluator(
-        get_space(cfg.space.name),
-        network_settings(cfg),
-        cfg.train,
-        data,
-        ctx,
-        cfg.seed,
-        candidate_identity(cfg),
-        console,
-    )
 
 
 def sampled_candidates(cfg: DictConfig, out: Path, console: Console) -> dict[str, Any]:
@@ -143,7 +129,8 @@ def run_random(cfg: DictConfig) -> None:
     )
     settings = RandomSettings.from_config(cfg.strategy)
     candidates = sampled["candidates"]
-    evaluator = make_evaluator(cfg, data, ctx, console)
+    spec = EvaluatorSpec.of_config(cfg, candidate_identity(cfg))
+    evaluator = spec.build(console, data, ctx)
     if settings.candidate is not None:  # one job of a sweep over candidates (cluster launchers)
         number = settings.candidate
         if not 0 <= number < len(candidates):
@@ -168,18 +155,15 @@ def run_random(cfg: DictConfig) -> None:
             (parse_indices(evaluator.space, c["indices"]).indices, out / "candidates" / str(n))
             for n, c in enumerate(candidates)
         ]
-        threads = max(1, physical_cores() // min(settings.workers, len(jobs)))
         with console.status(f"training candidates in {settings.workers} processes"):
             try:
-                pending = evaluate_in_processes(
-                    EvaluatorSpec.of_config(cfg, candidate_identity(cfg)), jobs, settings.workers
-                )
+                pool = evaluate_in_processes(spec, jobs, settings.workers)
             except Interrupted as stop:
                 raise Stopped(stop.signum, "while training candidates in parallel", out) from None
-        if pending:
+        if pool.pending:
             console.print(
-                f"trained {pending} candidates in {min(settings.workers, pending)} processes × "
-                f"{threads} threads",
+                f"trained {pool.pending} candidates in {pool.processes} processes × "
+                f"{pool.threads} threads",
                 soft_wrap=True,
             )
     search = RandomSearch(candidates, evaluator, out)

@@ -30,8 +30,8 @@ LAYER_COLUMNS = (
 def layer_rows(network: Network, cost: NetworkCost) -> list[dict[str, Any]]:
     """One plain dict per layer: what the per-layer table and `arch.json` show."""
     rows = []
-    sram = cost.layer_sram_bytes or (None,) * len(network.layers)
-    for layer, layer_cost, layer_sram in zip(network.layers, cost.layers, sram, strict=True):
+    layers = zip(network.layers, cost.layers, cost.layer_sram_bytes, strict=True)
+    for layer, layer_cost, layer_sram in layers:
         kind = layer.kind + ("+x" if layer.residual else "")
         rows.append(
             {

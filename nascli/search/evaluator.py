@@ -161,16 +161,23 @@ class EvaluatorSpec:
             last_epochs,
         )
 
-    def build(self, console: Console) -> Evaluator:
+    def build(
+        self, console: Console, data: DataSource | None = None, ctx: Context | None = None
+    ) -> Evaluator:
+        """The evaluator, on `data` and `ctx` when the caller has them already (a worker
+        process loads the data and makes a one-process context itself)."""
         from omegaconf import OmegaConf
 
-        device = "cpu" if self.device == "auto" else self.device
+        if data is None:
+            data = load_data(OmegaConf.create(self.data))
+        if ctx is None:
+            ctx = context("cpu" if self.device == "auto" else self.device)
         return Evaluator(
             get_space(self.space),
             self.net_settings,
             OmegaConf.create(self.recipe),
-            load_data(OmegaConf.create(self.data)),
-            context(device),
+            data,
+            ctx,
             self.seed,
             self.identity,
             console,
@@ -192,17 +199,27 @@ def _evaluate_share(spec: EvaluatorSpec, jobs: list[tuple[list[int], str]], thre
             record_failure(Path(run_dir), error)
 
 
+@dataclass(frozen=True)
+class PoolReport:
+    """What `evaluate_in_processes` did: jobs trained, in how many processes of how many
+    threads (all 0 when every job had its result already)."""
+
+    pending: int = 0
+    processes: int = 0
+    threads: int = 0
+
+
 def evaluate_in_processes(
     spec: EvaluatorSpec, jobs: list[tuple[Sequence[int], Path]], workers: int
-) -> int:
+) -> PoolReport:
     """Train the `jobs` (indices, run directory) without a stored result in `workers` spawned
-    processes sharing the cores evenly; returns how many were pending. Ctrl-C reaches the
-    workers too: each checkpoints its evaluation, and this raises `Interrupted`."""
+    processes sharing the cores evenly. Ctrl-C reaches the workers too: each checkpoints its
+    evaluation, and this raises `Interrupted`."""
     import signal
 
     pending = [(list(i), str(d)) for i, d in jobs if not (Path(d) / "result.json").exists()]
     if not pending:
-        return 0
+        return PoolReport()
     workers = min(workers, len(pending))
     threads = max(1, physical_cores() // workers)
     spawn = torch.multiprocessing.get_context("spawn")
@@ -219,4 +236,4 @@ def evaluate_in_processes(
         for process in processes:
             process.join()
         raise Interrupted(0, signal.SIGINT) from None
-    return len(pending)
+    return PoolReport(len(pending), workers, threads)

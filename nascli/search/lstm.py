@@ -101,23 +101,15 @@ class LSTMController(Controller):
         """Shaped logits of decision(s) t (controller order) from the LSTM's output."""
         if isinstance(t, int):
             logits = output @ self.head_weight[t].T + self.head_bias[t]
-            valid = self.valid[t]
         else:
             logits = torch.einsum("btn,tcn->btc", output, self.head_weight[t]) + self.head_bias[t]
-            valid = self.valid[t]
+        valid = self.valid[t]
         s = self.settings
         if s.temperature is not None:
             logits = logits / s.temperature
         if s.tanh_constant is not None:
             logits = s.tanh_constant * torch.tanh(logits)
         return logits.masked_fill(~valid, float("-inf"))
-
-    def _is_active(self, t: int, indices: torch.Tensor) -> torch.Tensor:
-        """(B,) whether the t-th decision (controller order) is active, from the decisions
-        already emitted (its ancestors all come earlier)."""
-        d = int(self.order[t])
-        ok = (indices[:, self.cond_pos[d]] == self.cond_val[d]) | (self.cond_val[d] < 0)
-        return ok.all(dim=1)
 
     @torch.no_grad()
     def _decode(
@@ -140,7 +132,8 @@ class LSTMController(Controller):
                 probs = (logp / temperature if temperature else logp).softmax(dim=1)
                 token = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0]
                 token = token.to(self.device)
-            active = self._is_active(t, indices)
+            # Decision t's enclosing choices all come earlier, so they are already set here.
+            active = self.active(indices)[:, self.order[t]]
             token = torch.where(active, token, logits.argmax(dim=1))
             indices[:, self.order[t]] = token
             row = torch.where(active, self.offsets[t] + token, self.inactive_row[t])

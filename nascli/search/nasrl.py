@@ -87,6 +87,8 @@ class NasrlSearch(Strategy):
         self.baseline = EmaBaseline(settings.baseline_decay)
         self.children: list[dict[str, Any]] = []
         self.batch: list[list[int]] = []
+        self._pooled: int | None = None  # the step whose batch went to the pool (not saved:
+        # after a resume the rest of the batch goes to the pool once more)
 
     @property
     def position(self) -> int:
@@ -108,7 +110,8 @@ class NasrlSearch(Strategy):
         step, slot = divmod(number, m)
         if slot == 0:
             self.batch = self._sample_batch(step)
-        if self.pool is not None:  # after a resume too: the rest of the batch, in parallel
+        if self.pool is not None and self._pooled != step:  # the rest of the batch, at once
+            self._pooled = step
             rest = range(slot, m)
             self.pool([(self.batch[k], self._run_dir(number - slot + k)) for k in rest])
         indices = self.batch[slot]
@@ -135,7 +138,7 @@ class NasrlSearch(Strategy):
     def _update(self, step: int) -> dict[str, Any]:
         """REINFORCE on the step's m children: baseline first, then advantages, one step."""
         rows = self.children[-self.settings.children_per_step :]
-        indices = torch.tensor([[int(i) for i in r["indices"].split(":")] for r in rows])
+        indices = torch.tensor(self.batch)  # the step's children, in order
         entropy = self.controller.entropy(indices)  # no gradient (ENAS: stop-gradient)
         rewards = torch.tensor([r["reward"] for r in rows], dtype=torch.float64)
         rewards = rewards + self.settings.entropy_weight * entropy
