@@ -10,6 +10,10 @@ the medians are compared. Target: Zen-Score ≤ 1.2× the two passes at the CPU 
 overhead is mostly drawing N(0, 1) weights (≈ 5 ms for ProxylessNAS's 1.9M feature weights on
 one core), so small batches show the largest ratio.
 
+TE-NAS's TE-Score (`proxy=te_nas`: NTK condition number and linear regions, batch
+`te_batch_size` = 16 as Zen-NAS times it) is timed on the same networks, next to the Zen-Score,
+`--te-repeats` times each; the NTK's B backward passes make it the slower proxy by design.
+
 "Scored per second" is a whole search iteration as `strategy=zen` runs it: decode, budget
 checks (analytic and Pixel-1), build the network (no initialiser), score it.
 
@@ -28,7 +32,7 @@ from rich.table import Table
 
 from nascli.cost.models import Pixel1Cost
 from nascli.report.machine import machine_line
-from nascli.search.proxies import ProxySettings, scorable, without_residuals, zen_score
+from nascli.search.proxies import ProxySettings, scorable, score, without_residuals, zen_score
 from nascli.search.zen import EvolutionSearch, ZenSettings
 from nascli.space.arch import get_space, sample_indices
 from nascli.space.network import NetworkSettings, decode
@@ -51,7 +55,9 @@ def two_passes(features: torch.nn.Module, shape: tuple[int, ...]) -> float:
     return time.perf_counter() - tick
 
 
-def bench(space_name: str, settings: NetworkSettings, batch: int, archs: int, repeats: int):
+def bench(
+    space_name: str, settings: NetworkSettings, batch: int, archs: int, repeats: int, te: int
+):
     space = get_space(space_name)
     proxy = ProxySettings(batch_size=batch)
     rows = []
@@ -68,7 +74,12 @@ def bench(space_name: str, settings: NetworkSettings, batch: int, archs: int, re
                 zen_score(features, net.input_shape, proxy, torch.Generator().manual_seed(r))
                 zen.append(time.perf_counter() - tick)
                 floor.append(two_passes(features, shape))
-        rows.append((statistics.median(zen), statistics.median(floor)))
+        te_nas = []
+        for r in range(te):
+            tick = time.perf_counter()
+            score("te_nas", net, proxy, torch.Generator().manual_seed(r))
+            te_nas.append(time.perf_counter() - tick)
+        rows.append((statistics.median(zen), statistics.median(floor), statistics.median(te_nas)))
     return rows
 
 
@@ -93,6 +104,7 @@ def main() -> None:
     parser.add_argument("--archs", type=int, default=12)
     parser.add_argument("--archs-224", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--te-repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -100,21 +112,24 @@ def main() -> None:
     console.print(f"{machine_line()} · space {args.space}")
     table = Table(title="Zen-Score vs its floor (two forward passes), medians")
     for column in ("setting", "batch", "archs", "Zen-Score", "two passes", "ratio",
-                   "per-arch ratios", "scored/s (search)"):  # fmt: skip
+                   "per-arch ratios", "TE-Score (B=16)", "TE / Zen",
+                   "scored/s (search)"):  # fmt: skip
         table.add_column(column, justify="right")
     default_ratio = None
     for name, (settings, batch) in SETTINGS.items():
         archs = args.archs if settings.resolution < 100 else args.archs_224
-        rows = bench(args.space, settings, batch, archs, args.repeats)
-        zen = statistics.median(z for z, _ in rows)
-        floor = statistics.median(f for _, f in rows)
-        ratios = [z / f for z, f in rows]
+        rows = bench(args.space, settings, batch, archs, args.repeats, args.te_repeats)
+        zen = statistics.median(z for z, _, _ in rows)
+        floor = statistics.median(f for _, f, _ in rows)
+        te_nas = statistics.median(t for _, _, t in rows)
+        ratios = [z / f for z, f, _ in rows]
         rate = iterations_per_second(args.space, settings, batch, 30 if archs > 4 else 6)
         if default_ratio is None:
             default_ratio = zen / floor
         table.add_row(
             name, str(batch), str(archs), f"{zen * 1000:.1f} ms", f"{floor * 1000:.1f} ms",
-            f"{zen / floor:.3f}", f"{min(ratios):.2f}–{max(ratios):.2f}", f"{rate:.1f}",
+            f"{zen / floor:.3f}", f"{min(ratios):.2f}–{max(ratios):.2f}",
+            f"{te_nas * 1000:.0f} ms", f"{te_nas / zen:.0f}×", f"{rate:.1f}",
         )  # fmt: skip
     console.print(table)
     verdict = "meets" if default_ratio <= 1.2 else "MISSES"

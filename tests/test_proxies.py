@@ -9,12 +9,17 @@ from nascli.cost.analytic import count_macs, count_params
 from nascli.errors import NascliError
 from nascli.report.ranking import kendall, spearman
 from nascli.search.proxies import (
+    NTK_FLOOR,
     PROXIES,
     ProxySettings,
     Scorable,
+    kaiming_init,
+    linear_regions,
+    ntk_condition,
     scorable,
     score,
     strip_residual_adds,
+    te_nas_rank,
     without_residuals,
     zen_score,
 )
@@ -239,6 +244,72 @@ def test_bad_proxy_settings_are_refused():
         score("snip", small_scorable("mnv3"), ProxySettings(), generator(0))
 
 
+# ------------------------------------------------------------------ TE-NAS
+def linear_net(features: int, classes: int) -> Scorable:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(features, classes, bias=False))
+    return Scorable(model, None, (1, 1, features), classes)
+
+
+def test_ntk_condition_of_a_linear_model_is_that_of_the_gram_matrix_of_its_inputs():
+    # logits = W x: the gradient of Σ_c logit_ic over W is 1_C ⊗ x_i, so Θ = C · X Xᵀ.
+    net = linear_net(features=12, classes=3)
+    kappa = ntk_condition(net, ProxySettings(te_batch_size=5), generator(0))
+    replay = generator(0)
+    kaiming_init(linear_net(12, 3).model, replay, "fan_out")  # the same draws, weights first
+    x = torch.randn((5, 1, 1, 12), generator=replay).flatten(1).double()
+    eigenvalues = torch.linalg.eigvalsh(3 * x @ x.T)
+    assert kappa == pytest.approx(float(eigenvalues[-1] / eigenvalues[0]), rel=1e-4)
+    assert kappa > 1  # and smaller is better: the proxy is −κ
+    assert score("te_ntk", net, ProxySettings(te_batch_size=5), generator(0)) == -kappa
+
+
+def test_a_singular_ntk_gets_the_worst_finite_condition_number():
+    # 8 images in 3 dimensions: X Xᵀ has rank 3, λ_min = 0 up to rounding (or below it)
+    net = linear_net(features=3, classes=2)
+    kappa = ntk_condition(net, ProxySettings(te_batch_size=8), generator(1))
+    assert kappa == pytest.approx(1 / (8 * NTK_FLOOR))
+    assert math.isfinite(score("te_ntk", net, ProxySettings(te_batch_size=8), generator(1)))
+    with pytest.raises(NascliError, match="te_batch_size"):
+        ProxySettings(te_batch_size=1)  # a 1×1 NTK has κ = 1 for every network
+
+
+def test_linear_regions_count_distinct_exact_codes_of_activations_on_feature_maps():
+    # one 1×1 conv on 2 pixels, then ReLU: an image's code is (w·x > 0) per pixel, ≤ 4 patterns;
+    # the ReLU on the flattened 2-D tensor is not hooked (the reference's 4-D rule).
+    model = nn.Sequential(
+        nn.Conv2d(1, 1, 1, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2), nn.ReLU()
+    )
+    net = Scorable(model, None, (1, 1, 2), 2)
+    regions = linear_regions(net, ProxySettings(te_batch_size=6), generator(3))
+    replay = generator(3)
+    copy = nn.Sequential(
+        nn.Conv2d(1, 1, 1, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2), nn.ReLU()
+    )
+    kaiming_init(copy, replay, "fan_in")
+    x = torch.randn((6, 1, 1, 2), generator=replay)
+    codes = (copy[0](x) > 0).flatten(1)
+    assert regions == len({tuple(c.tolist()) for c in codes}) <= 4
+
+
+def test_te_nas_rank_sums_rounded_tied_ranks_of_both_indicators():
+    # κ 10.0 and 10.04 agree to 3 significant figures and tie; smaller κ and more regions win.
+    ranks = te_nas_rank([10.0, 10.04, 5.0, 20.0], [3, 3, 4, 2])
+    assert ranks == [4.0, 4.0, 8.0, 2.0]
+
+
+def test_te_proxies_score_every_space_and_zen_search_takes_the_te_score():
+    for space_name in SPACE_NAMES:
+        net = small_scorable(space_name, seed=3)
+        settings = ProxySettings(te_batch_size=4)
+        assert 1 <= score("te_regions", net, settings, generator(0)) <= 4
+        assert score("te_ntk", net, settings, generator(0)) <= -1  # κ ≥ 1
+    from tests.test_zen import make_search
+
+    search = make_search(proxy="te_nas", te_batch_size=4)
+    scored = [o.score for o in (search.step() for _ in range(3)) if o.status == "scored"]
+    assert scored and all(math.isfinite(v) for v in scored)
+
+
 # ------------------------------------------------------------------ rank correlations
 def test_rank_correlations_handle_ties_and_say_when_they_are_undefined():
     x = [0.1, 0.4, 0.4, 0.9, 0.3, 0.7, 0.7, 0.2]
@@ -265,13 +336,20 @@ def test_proxies_command_ranks_every_proxy_against_a_csv(run_cli, tmp_path):
     result = run_cli("proxies", f"input={csv}", *TINY, "strategy.batch_size=4", f"out={out}")
     assert result.exit_code == 0, result.output
     stats = pd.read_csv(out / "correlations.csv").set_index("proxy")
-    assert list(stats.index) == list(PROXIES)
-    assert stats[["kendall_tau", "spearman_rho"]].abs().le(1).all().all()
-    assert stats[["kendall_p", "spearman_p"]].ge(0).all().all()
+    assert sorted(stats.index) == sorted([*PROXIES, "te_nas_rank"])  # its parts scored too
     scores = pd.read_csv(out / "proxies.csv")
+    # every one of 16 images has its own activation pattern in every network: a constant proxy,
+    # whose correlation is undefined (NaN), not a number that cannot be told from a real one
+    assert scores["te_regions"].eq(16).all()
+    assert stats.loc["te_regions", ["kendall_tau", "spearman_rho"]].isna().all()
+    defined = stats.drop(index="te_regions")
+    assert defined[["kendall_tau", "spearman_rho"]].abs().le(1).all().all()
+    assert defined[["kendall_p", "spearman_p"]].ge(0).all().all()
     tau = kendall(scores["params"], accuracy)
     assert stats.loc["params", "kendall_tau"] == pytest.approx(tau.statistic)
     assert stats.loc["params", "kendall_p"] == pytest.approx(tau.pvalue)
+    rank = te_nas_rank(-scores["te_ntk"], scores["te_regions"])
+    assert scores["te_nas_rank"].tolist() == rank
     assert (out / "plots" / "proxies.png").is_file()
 
 

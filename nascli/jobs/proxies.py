@@ -10,7 +10,8 @@ term, residuals, synflow variant) are the `strategy=zen` group's.
 
 Writes `proxies.csv` (one row per architecture: its accuracy and every proxy's score),
 `correlations.csv` (Kendall τ and Spearman ρ of each proxy against the accuracy, and its
-seconds per architecture) and `plots/proxies.png`.
+seconds per architecture) and `plots/proxies.png`. `te_nas_rank` is TE-NAS's rank sum over the
+input's architectures; its two parts (`te_ntk`, `te_regions`) are scored and listed with it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from nascli.files import write_csv
 from nascli.report import plots
 from nascli.report.console import RunConsole
 from nascli.report.ranking import kendall, spearman
-from nascli.search.proxies import PROXIES, ProxySettings, scorable, score
+from nascli.search.proxies import (
+    POPULATION_PROXIES,
+    PROXIES,
+    ProxySettings,
+    scorable,
+    score,
+    te_nas_rank,
+)
 from nascli.space.arch import get_space, parse_indices
 from nascli.space.network import decode
 from nascli.train.engine import progress_bar, stop_requests
@@ -77,11 +85,15 @@ def run(cfg: DictConfig) -> None:
             "directory of a `nascli random-baseline` run"
         )
     names = list(options.names)
-    unknown = [n for n in names if n not in PROXIES]
+    available = (*PROXIES, *POPULATION_PROXIES)
+    unknown = [n for n in names if n not in available]
     if unknown or not names:
         raise NascliError(
-            f"unknown proxy {', '.join(unknown) or '(none given)'}; available: {', '.join(PROXIES)}"
+            f"unknown proxy {', '.join(unknown) or '(none given)'}; "
+            f"available: {', '.join(available)}"
         )
+    # a rank over the whole set is computed from its per-architecture parts, scored as well
+    scored = list(dict.fromkeys(p for n in names for p in POPULATION_PROXIES.get(n, (n,))))
     settings = ProxySettings.from_mapping(cfg.strategy)
     frame, run_cfg, csv = read_input(Path(cfg.input), options.accuracy)
     source = run_cfg if run_cfg is not None else cfg
@@ -97,7 +109,7 @@ def run(cfg: DictConfig) -> None:
         soft_wrap=True,
     )
     rows: list[dict[str, Any]] = []
-    seconds = dict.fromkeys(names, 0.0)
+    seconds = dict.fromkeys(scored, 0.0)
     with stop_requests() as requested, progress_bar(console, True) as progress:
         task = progress.add_task("scoring", total=len(frame), status="")
         for i, record in frame.iterrows():
@@ -107,7 +119,7 @@ def run(cfg: DictConfig) -> None:
                 "indices": record["indices"],
                 options.accuracy: record[options.accuracy],
             }
-            for k, name in enumerate(names):
+            for k, name in enumerate(scored):
                 generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + int(i) * 101 + k)
                 tick = time.perf_counter()
                 row[name] = score(name, net, settings, generator)
@@ -120,8 +132,14 @@ def run(cfg: DictConfig) -> None:
                     exit_code=128 + requested.signum,
                 )
     scores = pd.DataFrame(rows)
+    for name, (condition, regions) in POPULATION_PROXIES.items():
+        if name in names:  # te_ntk is −κ
+            scores[name] = te_nas_rank(-scores[condition], scores[regions])
+            seconds[name] = seconds[condition] + seconds[regions]
+    rows = scores.to_dict("records")
     records = []
-    for name in names:
+    listed = scored + [n for n in names if n in POPULATION_PROXIES]
+    for name in listed:
         tau = kendall(scores[name], scores[options.accuracy])
         rho = spearman(scores[name], scores[options.accuracy])
         records.append(
@@ -139,7 +157,7 @@ def run(cfg: DictConfig) -> None:
     write_csv(out / "proxies.csv", rows)
     write_csv(out / "correlations.csv", stats.to_dict("records"))
     (out / "plots").mkdir(exist_ok=True)
-    plots.proxy_scatter(out / "plots" / "proxies.png", scores, names, options.accuracy, stats)
+    plots.proxy_scatter(out / "plots" / "proxies.png", scores, listed, options.accuracy, stats)
     table = Table(
         title=f"rank correlation with {options.accuracy} ({len(scores)} architectures)",
         title_justify="left",

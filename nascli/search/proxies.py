@@ -1,5 +1,5 @@
 """Zero-shot proxies: score a network at initialisation, without training (Zen-NAS, Lin et al., ICCV
-2021, and its code's `ZeroShotProxy/`).
+2021, and its code's `ZeroShotProxy/`; TE-NAS, Chen et al., ICLR 2021).
 
 One interface for every proxy: `score(name, net, settings, generator) -> float`, bigger is
 better. `net` is a `Scorable`: any `nn.Module` mapping images to logits, its pre-GAP feature
@@ -40,7 +40,13 @@ from nascli.nn.builder import build_model
 from nascli.settings import check_fields, option
 from nascli.space.network import Network
 
-PROXIES = ("zen", "grad_norm", "synflow", "naswot", "params", "macs", "random")
+PROXIES = (
+    "zen", "grad_norm", "synflow", "naswot", "te_ntk", "te_regions", "te_nas", "params", "macs",
+    "random",
+)  # fmt: skip
+#: Proxies that rank a whole set of architectures rather than score one: TE-NAS's rank sum of
+#: its two indicators (computed by `nascli proxies` from the columns named here).
+POPULATION_PROXIES = {"te_nas_rank": ("te_ntk", "te_regions")}
 BN_TERMS = ("paper", "reference")
 RESIDUALS = ("drop", "keep")
 SYNFLOW_VARIANTS = ("reference", "original")
@@ -70,6 +76,9 @@ class ProxySettings:
     #: reference: Zen-NAS's synflow (train-mode BN, per-layer mean over output channels,
     #: negated). original: Tanaka et al.'s Σ|θ·∂R/∂θ| over conv/linear weights, BN in eval mode.
     synflow: str = option("reference", choices=SYNFLOW_VARIANTS)
+    #: TE-NAS's batch (Zen-NAS's `compute_te_nas_score` default 16). The NTK takes one backward
+    #: pass of the whole batch per image (train-mode BN couples them): cost grows as B².
+    te_batch_size: int = option(16, ge=2, le=4096)
 
     def __post_init__(self) -> None:
         check_fields(type(self), asdict(self), "proxy")
@@ -106,10 +115,27 @@ class Scorable:
 def gaussian_init(module: nn.Module, generator: torch.Generator) -> None:
     """The Zen-NAS initialisation: conv and linear weights N(0, 1) (not fan-scaled), biases 0,
     BN/GroupNorm γ = 1 and β = 0, BN running statistics reset (a fresh model's)."""
+    _initialise(module, generator, lambda weight: 1.0)
+
+
+def kaiming_init(module: nn.Module, generator: torch.Generator, mode: str) -> None:
+    """TE-NAS's initialisation (`init='kaiming_normal'`): conv and linear weights
+    N(0, 2 / fan) with fan the weight's fan-in or fan-out (`mode`), the rest as `gaussian_init`."""
+    side = {"fan_in": 0, "fan_out": 1}[mode]
+    _initialise(
+        module,
+        generator,
+        lambda weight: math.sqrt(2.0 / nn.init._calculate_fan_in_and_fan_out(weight)[side]),
+    )
+
+
+def _initialise(
+    module: nn.Module, generator: torch.Generator, std: Callable[[torch.Tensor], float]
+) -> None:
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, (_ConvNd, nn.Linear)):
-                m.weight.normal_(0.0, 1.0, generator=generator)
+                m.weight.normal_(0.0, std(m.weight), generator=generator)
                 if m.bias is not None:
                     m.bias.zero_()
             elif isinstance(m, (_BatchNorm, nn.GroupNorm, nn.LayerNorm)):
@@ -333,6 +359,116 @@ def naswot(net: Scorable, settings: ProxySettings, generator: torch.Generator) -
     return float(torch.linalg.slogdet(kernel).logabsdet)
 
 
+# ----------------------------------------------------------------------------- TE-NAS
+#: Eigenvalues of the empirical NTK below λ_max · B · ε(float32) are rounding noise of the
+#: float32 gradients it is built from; κ is capped where λ_min reaches that floor, so a
+#: singular NTK gets the worst finite κ (1 / (B · 2⁻²³), 1.3·10⁵ at B = 64) instead of Inf/NaN.
+NTK_FLOOR = torch.finfo(torch.float32).eps
+
+
+def ntk_condition(net: Scorable, settings: ProxySettings, generator: torch.Generator) -> float:
+    """TE-NAS's trainability κ_N = λ_max / λ_min of the empirical NTK Θ = J Jᵀ (Chen et al.,
+    ICLR 2021, Eq. 3; smaller is better), averaged over `settings.repeat` initialisations.
+
+    As the TE-NAS code: Kaiming-normal init (fan-out), train mode, one batch of B Gaussian
+    images; row i of J is the gradient of Σ_c logit_ic over the parameters named `weight`
+    (conv, linear and norm weights); eigenvalues by float64 `eigvalsh`.
+    """
+    batch = settings.te_batch_size  # ≥ 2: a 1×1 NTK has κ = 1
+    model = net.model
+    params = [p for name, p in model.named_parameters() if "weight" in name and p.requires_grad]
+    values = []
+    for _ in range(settings.repeat):
+        kaiming_init(model, generator, "fan_out")
+        model.train()
+        x = torch.randn((batch, *net.input_shape), generator=generator)
+        with torch.enable_grad():
+            logits = model(x)
+            # all B backward passes at once (vmap over the grad outputs): seed i is ones on row i
+            seeds = torch.eye(batch, dtype=logits.dtype)[:, :, None].expand(-1, -1, logits.shape[1])
+            grads = torch.autograd.grad(
+                logits, params, seeds, is_grads_batched=True, allow_unused=True
+            )
+        jacobian = torch.cat([g.flatten(1) for g in grads if g is not None], 1).double()
+        values.append(condition_number(torch.linalg.eigvalsh(jacobian @ jacobian.T), batch))
+    return sum(values) / len(values)
+
+
+def condition_number(eigenvalues: torch.Tensor, batch: int) -> float:
+    """λ_max / λ_min of ascending eigenvalues of a PSD matrix built from float32 gradients,
+    finite always (see `NTK_FLOOR`)."""
+    top = float(eigenvalues[-1])
+    worst = 1.0 / (batch * NTK_FLOOR)
+    if not math.isfinite(top) or top <= 0.0:
+        return worst
+    return top / max(float(eigenvalues[0]), top / worst)
+
+
+def linear_regions(net: Scorable, settings: ProxySettings, generator: torch.Generator) -> float:
+    """TE-NAS's expressivity: the number of distinct activation patterns among B =
+    `te_batch_size` Gaussian images (bigger is better; at most B), averaged over
+    `settings.repeat` initialisations.
+
+    As Zen-NAS scores it on the whole network: Kaiming-normal init (fan-in), train mode, the
+    pattern of an image is the 0/1 code (x > 0) at every activation on a 4-D tensor, compared
+    exactly. TE-NAS hooks `nn.ReLU` only; nascli's spaces use ReLU6 and h-swish, whose code
+    x > 0 is the same sign pattern. On whole nascli networks every image gets its own pattern,
+    so the count is B for every architecture and only κ ranks them (measured: README).
+    """
+    model = net.model
+    values = []
+    for _ in range(settings.repeat):
+        kaiming_init(model, generator, "fan_in")
+        model.train()
+        codes = _activation_codes(model, net.input_shape, settings.te_batch_size, generator)
+        values.append(float(torch.unique(torch.cat(codes, 1), dim=0).shape[0]))
+    return sum(values) / len(values)
+
+
+def _activation_codes(
+    model: nn.Module, input_shape: tuple[int, ...], batch: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """Per image, the binary code (x > 0) of every activation's 4-D input, one forward pass."""
+    codes: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if inputs[0].dim() == 4:
+            codes.append((inputs[0] > 0).flatten(1))
+
+    handles = [
+        m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, ACTIVATIONS)
+    ]
+    try:
+        with torch.no_grad():
+            model(torch.randn((batch, *input_shape), generator=generator))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not codes:
+        raise NascliError("linear regions need activation modules on feature maps (nn.ReLU, ...)")
+    return codes
+
+
+def te_score(net: Scorable, settings: ProxySettings, generator: torch.Generator) -> float:
+    """Zen-NAS's TE-Score: linear regions − NTK condition number (the raw values summed, not
+    TE-NAS's rank sum; see `te_nas_rank`)."""
+    return linear_regions(net, settings, generator) - ntk_condition(net, settings, generator)
+
+
+def te_nas_rank(condition: Any, regions: Any, precision: int = 3) -> list[float]:
+    """TE-NAS's importance over a set of architectures (Alg. 1): rank of κ descending plus rank
+    of the region count ascending, so the best has the largest sum. Values are rounded to
+    `precision` significant figures first and ties share the lowest rank, as the reference."""
+    import pandas as pd
+
+    def rounded(values: Any) -> pd.Series:
+        return pd.Series([float(f"{float(v):.{precision}g}") for v in values])
+
+    by_condition = rounded(condition).rank(method="min", ascending=False)
+    by_regions = rounded(regions).rank(method="min", ascending=True)
+    return (by_condition + by_regions).tolist()
+
+
 def score(name: str, net: Scorable, settings: ProxySettings, generator: torch.Generator) -> float:
     """Proxy `name` of `net`; bigger is better. The net's residuals are handled per
     `settings.residuals` (params and MACs always count them)."""
@@ -351,6 +487,10 @@ def score(name: str, net: Scorable, settings: ProxySettings, generator: torch.Ge
         "grad_norm": grad_norm,
         "synflow": synflow,
         "naswot": naswot,
+        # bigger is better for every proxy: TE-NAS's κ is negated, as Zen-NAS's `compute_NTK_score`
+        "te_ntk": lambda *args: -ntk_condition(*args),
+        "te_regions": linear_regions,
+        "te_nas": te_score,
     }
     if name not in functions:
         raise NascliError(f"unknown proxy {name!r}; available: {', '.join(PROXIES)}")
