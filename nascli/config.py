@@ -25,7 +25,13 @@ from nascli.files import RunLock
 from nascli.report.console import RunConsole
 from nascli.settings import check_fields, option
 from nascli.space.arch import Architecture, get_space, load_architecture, space_of
-from nascli.space.network import STRIDE_POLICIES, Network, NetworkSettings, decode
+from nascli.space.network import (
+    STRIDE_POLICIES,
+    WIDTH_ROUNDINGS,
+    Network,
+    NetworkSettings,
+    decode,
+)
 from nascli.train.distributed import close_process_group, shared_timestamp, world_size
 
 #: the values of the groups that name a fixed set (the other names are each group's YAML files)
@@ -39,6 +45,8 @@ PATH = "a path"
 class SpaceConfig:
     name: str = option(MISSING, choices=SPACE_NAMES)
     width_multiplier: float = option(1.0, gt=0, le=16)
+    depth_multiplier: float = option(1.0, ge=1, le=16)
+    width_rounding: str = option("tunas", choices=WIDTH_ROUNDINGS)
     stride_policy: str = option("auto", choices=STRIDE_POLICIES)
     min_final_resolution: int = option(2, ge=1, le=1024)
     dropout: float = option(0.0, ge=0, lt=1)
@@ -273,6 +281,11 @@ def controller_settings(cfg: DictConfig) -> Any:
     return settings if settings.name is not None else replace(settings, name=own)
 
 
+def configured_space(cfg: DictConfig):
+    """The space `cfg.space` names, deepened by its `depth_multiplier`."""
+    return get_space(cfg.space.name, cfg.space.get("depth_multiplier", 1.0))
+
+
 def network_settings(cfg: DictConfig) -> NetworkSettings:
     """The network settings a config describes (space options + the data's input shape)."""
     try:
@@ -284,6 +297,7 @@ def network_settings(cfg: DictConfig) -> NetworkSettings:
             stride_policy=cfg.space.stride_policy,
             min_final_resolution=cfg.space.min_final_resolution,
             dropout=cfg.space.dropout,
+            width_rounding=cfg.space.get("width_rounding", "tunas"),
         )
     except ValueError as error:
         raise NascliError(str(error)) from None
@@ -480,6 +494,12 @@ def configured_network(cfg: DictConfig) -> tuple[Architecture, Network]:
         raise NascliError(
             "no architecture given: pass arch=<indices | reference name | arch.json | run dir>"
         )
-    space = get_space(space_of(str(cfg.arch)) or cfg.space.name)
+    named = space_of(str(cfg.arch))
+    if named is None:
+        space = configured_space(cfg)
+    elif "@" in named:  # an arch.json of a deepened space: its own depth
+        space = get_space(named)
+    else:
+        space = get_space(named, cfg.space.get("depth_multiplier", 1.0))
     arch = load_architecture(str(cfg.arch), space)
     return arch, decode(space, arch.indices, network_settings(cfg))

@@ -22,6 +22,7 @@ from nascli.config import (
     precheck,
 )
 from nascli.errors import NascliError
+from nascli.search.grid import GridSettings
 from nascli.search.nasrl import NasrlSettings
 from nascli.search.policy import ControllerSettings
 from nascli.search.proxies import ProxySettings
@@ -69,7 +70,7 @@ def test_unknown_keys_are_named_with_what_the_group_takes():
         check_fields(Small, {"a": 2, "b": 1}, "g")
 
 
-@pytest.mark.parametrize("name", ["tunas", "random", "zen", "nasrl"])
+@pytest.mark.parametrize("name", ["tunas", "random", "zen", "nasrl", "grid"])
 def test_a_strategys_yaml_and_its_settings_class_have_the_same_defaults(name):
     """One source of truth: the YAML a user reads says what the class does without it."""
     with initialize_config_module(config_module="nascli.conf", version_base=None):
@@ -96,6 +97,7 @@ STRATEGY_SCHEMAS = {
     "random": (RandomSettings,),
     "zen": (ZenSettings, ProxySettings),
     "nasrl": (NasrlSettings,),
+    "grid": (GridSettings,),
 }
 
 #: Sections only some commands compose, with their schemas.

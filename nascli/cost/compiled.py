@@ -26,9 +26,15 @@ from dataclasses import dataclass
 
 import torch
 
-from nascli.space.network import LayerArgs, NetworkSettings, _Decoder, strides_to_drop
+from nascli.space.network import (
+    LayerArgs,
+    NetworkSettings,
+    _Decoder,
+    block_width,
+    strides_to_drop,
+)
 from nascli.space.schema import Activation, Block, iter_decisions, resolve
-from nascli.space.spaces import SearchSpace, scale_filters
+from nascli.space.spaces import SearchSpace
 
 #: What a compiled cost stores per combination: a number from the layers an entry group emits.
 LayerValue = Callable[[Sequence[LayerArgs]], float]
@@ -102,7 +108,7 @@ def entry_groups(space: SearchSpace, settings: NetworkSettings) -> tuple[list[Gr
 
 
 def _width(space: SearchSpace, position: int, value: int, settings: NetworkSettings) -> int:
-    return scale_filters(space.decisions[position].choices[value], settings.width_multiplier)
+    return block_width(space.decisions[position].choices[value], settings)
 
 
 def group_layers(

@@ -140,6 +140,13 @@ class Pixel1Model:
     """cost(indices) in ms under TuNAS's Pixel-1 model of `space` (its architectures only)."""
 
     def __init__(self, space: SearchSpace):
+        from nascli.space.depth import split_name
+
+        if split_name(space.name)[1] != 1:
+            raise NascliError(
+                f"cost=tunas_pixel1 models TuNAS's three spaces only, not {space.name}: use "
+                "cost=macs, cost=lut or cost=measured with space.depth_multiplier"
+            )
         self.space = space
         self.pieces, dim = feature_pieces(space)
         self.kernel, self.bias = _published(space.name)

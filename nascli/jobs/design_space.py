@@ -15,14 +15,13 @@ import time
 from omegaconf import DictConfig
 from rich.table import Table
 
-from nascli.config import design_grid, network_settings, run_directory
+from nascli.config import configured_space, design_grid, network_settings, run_directory
 from nascli.errors import NascliError
 from nascli.files import write_csv, write_json
 from nascli.report import plots
 from nascli.report.console import RunConsole
 from nascli.report.tables import human
 from nascli.search.design import Budgets, rank_design_spaces
-from nascli.space.arch import get_space
 
 
 def kb(value: float | None) -> str:
@@ -33,7 +32,7 @@ def run(cfg: DictConfig) -> None:
     started = time.perf_counter()
     console = RunConsole()
     widths, resolutions = design_grid(cfg)
-    space = get_space(cfg.space.name)
+    space = configured_space(cfg)
     budgets = Budgets(cfg.board.sram, cfg.board.flash, cfg.cost.name, cfg.design.max_cost)
     if budgets.sram is None and budgets.flash is None and budgets.max_cost is None:
         raise NascliError("no budget: choose a board= or set board.sram=, board.flash= or "

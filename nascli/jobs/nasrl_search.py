@@ -19,6 +19,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from nascli.config import (
+    configured_space,
     controller_settings,
     fingerprint_sections,
     network_settings,
@@ -39,7 +40,7 @@ from nascli.search.evaluator import EvaluatorSpec, evaluate_in_processes
 from nascli.search.nasrl import NasrlSearch, NasrlSettings
 from nascli.search.policy import CategoricalPolicy, PolicyAdam, make_controller
 from nascli.search.tunas import default_target
-from nascli.space.arch import get_space, parse_indices
+from nascli.space.arch import parse_indices
 from nascli.space.network import decode
 from nascli.train.distributed import context, world_size
 
@@ -59,7 +60,7 @@ def run_nasrl(cfg: DictConfig) -> None:
     settings = NasrlSettings.from_config(cfg.strategy)
     console = RunConsole()
     ctx = context(cfg.device)
-    space = get_space(cfg.space.name)
+    space = configured_space(cfg)
     net_settings = network_settings(cfg)
     cost_model = make_cost_model(cfg.cost, space, net_settings)
     target = default_target(cfg.cost.name, space.name, cfg.cost.target)

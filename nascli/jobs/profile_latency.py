@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from nascli.config import configured_network, network_settings, run_directory
+from nascli.config import configured_network, configured_space, network_settings, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.cost.models import cached_lut_path, measure_network
 from nascli.cost.profiler import TableBuilder, TableOptions
@@ -28,7 +28,6 @@ from nascli.report import plots
 from nascli.report.console import RunConsole
 from nascli.report.summary import RunSummary
 from nascli.report.tables import human
-from nascli.space.arch import get_space
 from nascli.train.distributed import resolve_device
 
 #: The columns of `lut_partial.csv` and `layer_timings.csv`: each layer's median milliseconds
@@ -115,7 +114,7 @@ def describe_correction(fit: dict[str, float]) -> str:
 
 def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path) -> None:
     started = time.perf_counter()
-    space = get_space(cfg.space.name)
+    space = configured_space(cfg)
     settings = network_settings(cfg)
     c = cfg.cost
     options = TableOptions(

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from nascli.config import network_settings, run_directory
+from nascli.config import configured_space, network_settings, run_directory
 from nascli.errors import NascliError
 from nascli.files import write_csv
 from nascli.report import plots
@@ -39,7 +39,7 @@ from nascli.search.proxies import (
     score,
     te_nas_rank,
 )
-from nascli.space.arch import get_space, parse_indices
+from nascli.space.arch import parse_indices
 from nascli.space.network import decode
 from nascli.train.engine import progress_bar, stop_requests
 
@@ -97,7 +97,7 @@ def run(cfg: DictConfig) -> None:
     settings = ProxySettings.from_mapping(cfg.strategy)
     frame, run_cfg, csv = read_input(Path(cfg.input), options.accuracy)
     source = run_cfg if run_cfg is not None else cfg
-    space = get_space(source.space.name)
+    space = configured_space(source)
     net_settings = network_settings(source)
     out = run_directory()
     out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from nascli.config import fingerprint_sections, network_settings, run_directory
+from nascli.config import configured_space, fingerprint_sections, network_settings, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.cost.models import make_cost_model
 from nascli.data import load_data
@@ -71,7 +71,7 @@ def sampled_candidates(cfg: DictConfig, out: Path, console: Console) -> dict[str
     """The run's candidates: drawn once and stored, so a rerun trains the same ones."""
     path = out / "candidates.json"
     settings = RandomSettings.from_config(cfg.strategy)
-    space = get_space(cfg.space.name)
+    space = configured_space(cfg)
     net_settings = network_settings(cfg)
     cost_model = make_cost_model(cfg.cost, space, net_settings)
     target = default_target(cfg.cost.name, space.name, cfg.cost.target)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from nascli.config import (
+    configured_space,
     controller_settings,
     fingerprint_sections,
     network_settings,
@@ -46,7 +47,7 @@ from nascli.search.tunas import (
     check_search_recipe,
     default_target,
 )
-from nascli.space.arch import Architecture, get_space
+from nascli.space.arch import Architecture
 from nascli.space.network import decode
 from nascli.train.distributed import context
 from nascli.train.engine import (
@@ -77,7 +78,7 @@ def run_tunas(cfg: DictConfig) -> None:
     console = RunConsole(quiet=not ctx.is_main)
     settings = TunasSettings.from_config(cfg.strategy)
     check_search_recipe(cfg.train)
-    space = get_space(cfg.space.name)
+    space = configured_space(cfg)
     net_settings = network_settings(cfg)
     cost_model = make_cost_model(cfg.cost, space, net_settings, str(ctx.device))
     target = default_target(cfg.cost.name, space.name, cfg.cost.target)

@@ -18,7 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig
 from rich.console import Console
 
-from nascli.config import fingerprint_sections, network_settings, run_directory
+from nascli.config import configured_space, fingerprint_sections, network_settings, run_directory
 from nascli.cost.analytic import network_cost
 from nascli.cost.models import make_cost_model
 from nascli.errors import NascliError
@@ -31,7 +31,7 @@ from nascli.report.tables import human, result_table
 from nascli.search.driver import drive
 from nascli.search.tunas import default_target
 from nascli.search.zen import BUDGETS, EvolutionSearch, ZenSettings
-from nascli.space.arch import Architecture, get_space
+from nascli.space.arch import Architecture
 from nascli.space.network import decode
 from nascli.train.distributed import world_size
 
@@ -50,7 +50,7 @@ def run_zen(cfg: DictConfig) -> None:
         raise NascliError("strategy=zen runs in one process: start it without torchrun")
     console = RunConsole()
     settings = ZenSettings.from_config(cfg.strategy)
-    space = get_space(cfg.space.name)
+    space = configured_space(cfg)
     net_settings = network_settings(cfg)
     cost_model = make_cost_model(cfg.cost, space, net_settings)
     max_cost = settings.max_cost

@@ -39,7 +39,13 @@ from torch import nn
 
 from nascli.nn.blocks import BN_EPSILON, same_padding
 from nascli.nn.builder import MobileNet, build_model, init_conv_kernel, init_weights
-from nascli.space.network import NetworkSettings, decode, make_divisible, strides_to_drop
+from nascli.space.network import (
+    NetworkSettings,
+    block_width,
+    decode,
+    make_divisible,
+    strides_to_drop,
+)
 from nascli.space.schema import (
     Activation,
     Block,
@@ -308,12 +314,12 @@ class OpChoice(Layer):
 
 
 class SuperBlock(nn.Module):
-    def __init__(self, name: str, layers: list[Layer], width: Choice, multiplier: float):
+    def __init__(self, name: str, layers: list[Layer], width: Choice, settings: NetworkSettings):
         super().__init__()
         self.name = name
         self.layers = nn.ModuleList(layers)
         self.width = width
-        self.widths = [scale_filters(w, multiplier) for w in width.options]
+        self.widths = [block_width(w, settings) for w in width.options]
 
     def forward(self, x, s: Sample, trace: Trace) -> torch.Tensor:
         width = self.widths[s_index(self.width, s)]
@@ -344,8 +350,8 @@ class _Builder:
         # The block's widths are known only after its layers' positions (filters come last), but
         # weights need the largest width first: read it from the node itself.
         filters = block.filters.choices if isinstance(block.filters, OneOf) else (block.filters,)
-        max_width = max(scale_filters(f, self.settings.width_multiplier) for f in filters)
-        self.min_width = min(scale_filters(f, self.settings.width_multiplier) for f in filters)
+        max_width = max(block_width(f, self.settings) for f in filters)
+        self.min_width = min(block_width(f, self.settings) for f in filters)
         layers: list[Layer] = []
         for entry in block.layers:
             layer = self.layer(entry, max_width)
@@ -354,7 +360,7 @@ class _Builder:
             elif layer is not None:
                 layers.append(layer)
         width = Choice(block.filters, self.positions)
-        return SuperBlock(block.name, layers, width, self.settings.width_multiplier)
+        return SuperBlock(block.name, layers, width, self.settings)
 
     def layer(self, entry, max_width: int, residual: bool = False) -> Layer | None:
         if isinstance(entry, Residual):

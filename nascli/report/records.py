@@ -21,6 +21,8 @@ def arch_record(arch: Architecture, network: Network, cost: NetworkCost) -> dict
         "num_classes": settings.num_classes,
         "in_channels": settings.in_channels,
         "width_multiplier": settings.width_multiplier,
+        # only when not TuNAS's (older arch.json files have no such key)
+        **({"width_rounding": w} if (w := settings.width_rounding) != "tunas" else {}),
         "stride_policy": settings.stride_policy,
         "min_final_resolution": settings.min_final_resolution,
         "totals": {

@@ -148,10 +148,10 @@ class EvaluatorSpec:
         device and seed."""
         from omegaconf import OmegaConf
 
-        from nascli.config import network_settings
+        from nascli.config import configured_space, network_settings
 
         return cls(
-            cfg.space.name,
+            configured_space(cfg).name,  # a deepened space's own name
             network_settings(cfg),
             OmegaConf.to_container(cfg.train, resolve=True),
             OmegaConf.to_container(cfg.data, resolve=True),

@@ -144,12 +144,17 @@ class RandomSearch(Strategy):
     def total(self) -> int:
         return len(self.candidates)
 
+    def evaluator_for(self, candidate: dict[str, Any]) -> Evaluator:
+        """The evaluator that trains `candidate` (one for all of them here)."""
+        return self.evaluator
+
     def advance(self) -> dict[str, Any]:
         number = len(self.rows)
         candidate = self.candidates[number]
-        arch = parse_indices(self.evaluator.space, candidate["indices"])
-        result = self.evaluator.try_evaluate(arch.indices, self.out / "candidates" / str(number))
-        row = {"candidate": number, **candidate, **result}
+        evaluator = self.evaluator_for(candidate)
+        arch = parse_indices(evaluator.space, candidate["indices"])
+        result = evaluator.try_evaluate(arch.indices, self.out / f"{self.unit}s" / str(number))
+        row = {self.unit: number, **candidate, **result}
         self.rows.append(row)
         return row
 
@@ -159,7 +164,7 @@ class RandomSearch(Strategy):
     def status(self, row: dict[str, Any]) -> str:
         done = [r["valid_top1"] for r in self.rows if r["status"] == "done"]
         failed = len(self.rows) - len(done)
-        best = f"best valid {max(done):.1%}" if done else "no candidate done yet"
+        best = f"best valid {max(done):.1%}" if done else f"no {self.unit} done yet"
         return best + (f" · {failed} failed" if failed else "")
 
     def state(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ STRATEGIES: dict[str, Entry] = {
         "nascli.search.random:RandomSettings", "nascli.jobs.random_baseline:run_random"
     ),
     "zen": Entry("nascli.search.zen:ZenSettings", "nascli.jobs.zen_search:run_zen"),
+    "grid": Entry("nascli.search.grid:GridSettings", "nascli.jobs.grid_search:run_grid"),
     "nasrl": Entry(
         "nascli.search.nasrl:NasrlSettings", "nascli.jobs.nasrl_search:run_nasrl", controller="lstm"
     ),

@@ -9,17 +9,23 @@ from pathlib import Path
 import torch
 
 from nascli.errors import NascliError
+from nascli.space.depth import deepen_indices, deepen_space, split_name
 from nascli.space.references import references_in
 from nascli.space.spaces import SPACES, SearchSpace
 
 
-def get_space(name: str) -> SearchSpace:
+def get_space(name: str, depth_multiplier: float = 1.0) -> SearchSpace:
+    """The space `name` (a deepened one's name, `<space>@depth<d>`, included), deepened by
+    `depth_multiplier` (see `nascli.space.depth`)."""
     try:
-        return SPACES[name]
-    except KeyError:
-        raise NascliError(
-            f"unknown search space {name!r}; available: {', '.join(SPACES)}"
-        ) from None
+        base, depth = split_name(name)
+    except ValueError as error:
+        raise NascliError(str(error)) from None
+    if base not in SPACES:
+        raise NascliError(f"unknown search space {name!r}; available: {', '.join(SPACES)}")
+    if depth_multiplier < 1:
+        raise NascliError(f"depth multiplier {depth_multiplier:g}: must be ≥ 1")
+    return deepen_space(SPACES[base], depth * depth_multiplier)
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,12 @@ def space_of(spec: str) -> str | None:
         space = json.loads(path.read_text()).get("space")
     except (OSError, ValueError, AttributeError):
         return None
-    return space if isinstance(space, str) and space in SPACES else None
+    if not isinstance(space, str):
+        return None
+    try:
+        return space if split_name(space)[0] in SPACES else None
+    except ValueError:
+        return None
 
 
 def load_architecture(spec: str, space: SearchSpace) -> Architecture:
@@ -131,13 +142,17 @@ def _load_json(path: Path, space: SearchSpace) -> Architecture:
         raise NascliError(f"architecture file not found: {path}") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise NascliError(f"cannot read architecture from {path}: {error}") from None
-    if file_space != space.name:
-        raise NascliError(
-            f"{path} holds an architecture of space {file_space!r}, expected {space.name!r} "
-            f"(pass space={file_space})"
-        )
     if isinstance(indices, list):
         indices = ":".join(str(i) for i in indices)
     if not isinstance(indices, str):
         raise NascliError(f"{path}: 'indices' must be a colon-separated string or a list")
+    base, depth = split_name(space.name)
+    if file_space == base and depth != 1:  # deepened as EfficientNet deepens a network
+        shallow = parse_indices(get_space(base), indices)
+        return Architecture(space.name, deepen_indices(get_space(base), shallow.indices, depth))
+    if file_space != space.name:
+        raise NascliError(
+            f"{path} holds an architecture of space {file_space!r}, expected {space.name!r} "
+            f"(pass space={file_space.partition('@')[0]})"
+        )
     return parse_indices(space, indices)

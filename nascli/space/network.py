@@ -26,6 +26,9 @@ from nascli.space.schema import (
 from nascli.space.spaces import SearchSpace, scale_filters
 
 STRIDE_POLICIES = ("keep", "auto")
+#: tunas: nearest multiple of 8, at least 8 (TuNAS). efficientnet: the same with EfficientNet's
+#: `round_filters` guard, + 8 when the rounding lost more than 10%.
+WIDTH_ROUNDINGS = ("tunas", "efficientnet")
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -52,8 +55,11 @@ class NetworkSettings:
     stride_policy: str = "auto"
     min_final_resolution: int = 2
     dropout: float = 0.0
+    width_rounding: str = "tunas"
 
     def __post_init__(self) -> None:
+        if self.width_rounding not in WIDTH_ROUNDINGS:
+            raise ValueError(f"width_rounding must be one of {', '.join(WIDTH_ROUNDINGS)}")
         if self.stride_policy not in STRIDE_POLICIES:
             raise ValueError(
                 f"stride_policy must be one of {', '.join(STRIDE_POLICIES)}, "
@@ -63,6 +69,13 @@ class NetworkSettings:
             raise ValueError("resolution, num_classes and in_channels must be positive")
         if self.width_multiplier <= 0:
             raise ValueError("width_multiplier must be positive")
+
+
+def block_width(filters: int, settings: NetworkSettings) -> int:
+    """A block's width `filters` scaled by the width multiplier, rounded per the settings."""
+    if settings.width_rounding == "efficientnet":
+        return make_divisible(filters * settings.width_multiplier)
+    return scale_filters(filters, settings.width_multiplier)
 
 
 @dataclass(frozen=True)
@@ -155,7 +168,7 @@ class _Decoder:
         return self.emit("classifier", "linear", self.settings.num_classes, bn=False)
 
     def block(self, block: Block) -> None:
-        width = scale_filters(block.filters, self.settings.width_multiplier)
+        width = block_width(block.filters, self.settings)
         for i, layer in enumerate(block.layers):
             self.layer(f"{block.name}.{i}", layer, width)
 

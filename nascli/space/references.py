@@ -91,7 +91,15 @@ def encode_values(space: SearchSpace, values: dict[str, object]) -> tuple[int, .
 
 
 def references_in(space: SearchSpace) -> dict[str, tuple[int, ...]]:
-    """The reference networks that lie exactly in `space`, with their indices."""
+    """The reference networks that lie exactly in `space`, with their indices (in a deepened
+    space: deepened as EfficientNet deepens a network)."""
+    from nascli.space.arch import get_space
+    from nascli.space.depth import deepen_indices, split_name
+
+    base_name, depth = split_name(space.name)
+    if depth != 1:
+        base = get_space(base_name)
+        return {n: deepen_indices(base, i, depth) for n, i in references_in(base).items()}
     paths = {d.path for d in space.decisions}
     found = {}
     for ref in REFERENCES.values():

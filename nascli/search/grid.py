@@ -1,0 +1,149 @@
+"""Grid search and compound scaling of one fixed architecture (EfficientNet, Tan & Le, ICML 2019,
+§3.3; MobileNet's width × resolution grid, Howard et al. 2017, §3.3–4.2).
+
+A point is a set of config overrides (`space.width_multiplier`, `data.resolution`,
+`space.depth_multiplier` by default, any config key allowed) applied to the run's config. Every
+point is measured first (params, MACs, memory, the `cost=` model), points over a budget are
+rejected *before anything trains*, and the rest are trained by the shared `Evaluator` with the
+`train=` recipe; the best on valid wins.
+
+`mode=compound` scales the base by φ: depth α^φ, width β^φ, resolution r·γ^φ (α·β²·γ² ≈ 2, so
+FLOPs grow ≈ 2^φ), for φ = 0, step, 2·step, … up to `phi_max`, and trains the largest φ within
+the budgets (EfficientNet's step 2 with the paper's α, β, γ = 1.2, 1.1, 1.15 for B0). Step 1,
+the grid search of α, β, γ at φ = 1, is a `mode=grid` run over those three keys.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nascli.errors import NascliError
+from nascli.search.evaluator import Evaluator
+from nascli.search.random import RandomSearch
+from nascli.settings import check_fields, option
+
+MODES = ("grid", "compound")
+#: `axes` when none are given: MobileNet's widths × its resolutions 224-128 scaled by 1/7 for
+#: the 32-px CPU default (conf/strategy/grid_mobilenet.yaml has the paper's).
+DEFAULT_AXES = {
+    "space.width_multiplier": [1.0, 0.75, 0.5, 0.25],
+    "data.resolution": [32, 28, 24, 20],
+}
+#: The keys compound scaling sets, with the coefficient each is raised to the power φ of.
+COMPOUND_KEYS = {
+    "space.depth_multiplier": "alpha",
+    "space.width_multiplier": "beta",
+    "data.resolution": "gamma",
+}
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """The `strategy=grid` config group (see conf/strategy/grid.yaml)."""
+
+    name: str = option("grid", choices=("grid",))
+    mode: str = option("grid", choices=MODES)
+    #: the fixed architecture: a reference name, indices, an arch.json or a run directory
+    base: str = option("proxylessnas_mobile", text="an architecture")
+    #: grid mode: config key -> the values it takes (the grid is their product, in this order);
+    #: None: `DEFAULT_AXES`
+    axes: Any = option(None, text="a mapping of config keys to lists of values")
+    alpha: float = option(1.2, ge=1, le=10)
+    beta: float = option(1.1, ge=1, le=10)
+    gamma: float = option(1.15, ge=1, le=10)
+    phi_step: float = option(1.0, gt=0, le=100)
+    phi_max: float = option(8.0, ge=0, le=100)
+    max_cost: float | None = option(None, gt=0)  # in the cost= model's units
+    max_params: float | None = option(None, gt=0)
+    max_macs: float | None = option(None, gt=0)
+    max_peak_memory: float | None = option(None, gt=0)  # bytes (fp32 live set)
+    max_sram: float | None = option(None, gt=0)  # bytes (int8 peak activation, MCUNet)
+    max_flash: float | None = option(None, gt=0)  # bytes (int8 weights + int32 biases)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> GridSettings:
+        values = dict(cfg)
+        axes = values.get("axes")
+        if axes is None:
+            values["axes"] = {k: list(v) for k, v in DEFAULT_AXES.items()}
+        elif hasattr(axes, "items"):
+            values["axes"] = {str(k): list(v) if hasattr(v, "__iter__") else v
+                              for k, v in axes.items()}  # fmt: skip
+        settings = cls(**check_fields(cls, values, "strategy"))
+        if settings.mode == "grid":
+            axes = settings.axes
+            if not isinstance(axes, dict) or not axes:
+                raise NascliError(
+                    "strategy.axes: give the grid as {config key: [values]}, e.g. "
+                    "strategy.axes={space.width_multiplier:[1,0.5],data.resolution:[32,24]}"
+                )
+            for key, options in axes.items():
+                if not isinstance(options, list) or not options:
+                    raise NascliError(f"strategy.axes.{key}={options!r}: expected a list of values")
+        elif not settings.budgets() and settings.max_cost is None:
+            raise NascliError(
+                "strategy.mode=compound scales to the largest φ within a budget: set "
+                "strategy.max_macs=, max_params=, max_sram=, max_flash=, max_peak_memory= "
+                "or max_cost="
+            )
+        return settings
+
+    def budgets(self) -> dict[str, float]:
+        """The analytic budgets set (name -> limit), in the order they are checked."""
+        from nascli.search.zen import BUDGETS
+
+        limits = {name: getattr(self, f"max_{name}") for name, _ in BUDGETS}
+        return {name: limit for name, limit in limits.items() if limit is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def round_repeats(repeats: int, depth_multiplier: float) -> int:
+    """EfficientNet's `round_repeats`: ceil(d · repeats) (never round())."""
+    return math.ceil(depth_multiplier * repeats - 1e-9)
+
+
+def compound_point(
+    settings: GridSettings, phi: float, width: float, resolution: int, depth: float = 1.0
+) -> dict[str, Any]:
+    """The overrides that scale a base of (`width`, `resolution`, `depth`) by φ."""
+    return {
+        "space.depth_multiplier": round(depth * settings.alpha**phi, 6),
+        "space.width_multiplier": round(width * settings.beta**phi, 6),
+        "data.resolution": round(resolution * settings.gamma**phi),
+    }
+
+
+def grid_points(
+    settings: GridSettings, width: float, resolution: int, depth: float = 1.0
+) -> list[dict[str, Any]]:
+    """Every point of the run: each a dict of config overrides (compound points carry `phi`)."""
+    if settings.mode == "grid":
+        keys = list(settings.axes)
+        return [dict(zip(keys, values, strict=True))
+                for values in itertools.product(*settings.axes.values())]  # fmt: skip
+    count = math.floor(settings.phi_max / settings.phi_step + 1e-9) + 1
+    phis = [round(k * settings.phi_step, 9) for k in range(count)]
+    return [{"phi": phi, **compound_point(settings, phi, width, resolution, depth)} for phi in phis]
+
+
+class GridSearch(RandomSearch):
+    """The points that fit the budgets, trained one per unit (as the random baseline's
+    candidates), each by the evaluator of its own config (its width, depth and resolution)."""
+
+    unit = "point"
+
+    def __init__(self, candidates: list[dict[str, Any]], evaluators: Any, out: Path):
+        super().__init__(candidates, None, out)  # type: ignore[arg-type]
+        self.evaluators = evaluators
+
+    def evaluator_for(self, candidate: dict[str, Any]) -> Evaluator:
+        return self.evaluators(candidate)
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return {"trained.csv": self.rows}
