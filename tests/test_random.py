@@ -7,10 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
+from nascli.cost.analytic import network_cost
 from nascli.cost.models import Pixel1Cost
 from nascli.errors import NascliError
+from nascli.search.budgets import BatchBudgets, first_exceeded
 from nascli.search.random import RandomSettings, cost_window, sample_in_window
-from nascli.space.network import NetworkSettings
+from nascli.space.network import NetworkSettings, decode
 from nascli.space.spaces import SPACES
 from tests.conftest import TINY as TINY_RUN
 from tests.conftest import assert_common_summary
@@ -24,13 +26,33 @@ def pixel1(space="proxylessnas"):
 
 def test_kept_architectures_lie_in_the_window_and_are_reproducible():
     model = pixel1()
-    kept, costs, attempts = sample_in_window(SPACES["proxylessnas"], model, 20, 83, 85, 0, 10**6)
+    sampled = sample_in_window(SPACES["proxylessnas"], model, 20, 83, 85, 0, 10**6)
+    kept, costs, attempts = sampled.indices, sampled.costs, sampled.attempts
     assert len(kept) == 20 and attempts > 20
+    assert sampled.rejected == {"cost": attempts - 20}  # every draw is kept or rejected once
     recomputed = model(torch.tensor(kept))
     assert torch.allclose(recomputed, torch.tensor(costs, dtype=torch.float64))
     assert all(83 <= c <= 85 for c in costs)
     again = sample_in_window(SPACES["proxylessnas"], model, 20, 83, 85, 0, 10**6)
-    assert again[0] == kept and again[2] == attempts
+    assert again == sampled
+
+
+def test_budgets_reject_draws_in_the_window_and_every_kept_one_fits_them():
+    space = SPACES["proxylessnas"]
+    settings = NetworkSettings(resolution=32, num_classes=10, in_channels=1)
+    limits = {"sram": 110e3, "flash": 2.2e6}
+    budgets = BatchBudgets(space, settings, limits)
+    sampled = sample_in_window(space, pixel1(), 12, 70, 100, 0, 10**6, budgets=budgets)
+    assert sampled.rejected["sram"] > 0 and sampled.rejected["flash"] > 0
+    assert sum(sampled.rejected.values()) + 12 == sampled.attempts
+    for indices in sampled.indices:  # the compiled check agrees with the decoded network's
+        cost = network_cost(decode(space, tuple(indices), settings))
+        assert first_exceeded(cost, limits) is None
+    free = sample_in_window(space, pixel1(), 12, 70, 100, 0, 10**6)
+    assert free.attempts < sampled.attempts
+    with pytest.raises(NascliError, match=r"rejected by a budget: .*over sram"):
+        sample_in_window(space, pixel1(), 3, 70, 100, 0, 3000,
+                         budgets=BatchBudgets(space, settings, {"sram": 1.0}))  # fmt: skip
 
 
 def test_an_infeasible_window_stops_with_the_cost_range_seen():

@@ -35,10 +35,10 @@ from nascli.report.console import RunConsole
 from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import human
+from nascli.search.budgets import first_exceeded
 from nascli.search.driver import drive
 from nascli.search.evaluator import Evaluator, EvaluatorSpec
 from nascli.search.grid import GridSearch, GridSettings, grid_points
-from nascli.search.zen import BUDGETS
 from nascli.space.arch import Architecture, format_indices, get_space, load_architecture
 from nascli.space.depth import deepen_indices
 from nascli.space.network import decode
@@ -86,12 +86,8 @@ def measure_points(cfg: DictConfig, settings: GridSettings) -> dict[str, Any]:
             if settings.max_cost is not None:
                 raise
             cost, units = None, None  # e.g. Pixel-1 has no model of a deepened space
-        status = "fit"
-        for name, field in BUDGETS:
-            limit = getattr(settings, f"max_{name}")
-            if limit is not None and getattr(analytic, field) > limit:
-                status = f"over_{name}"
-                break
+        exceeded = first_exceeded(analytic, settings.budgets())
+        status = "fit" if exceeded is None else f"over_{exceeded}"
         if status == "fit" and settings.max_cost is not None and cost > settings.max_cost:
             status = "over_cost"
         measured.append(

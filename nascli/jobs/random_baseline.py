@@ -33,6 +33,7 @@ from nascli.report.console import RunConsole
 from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import human
+from nascli.search.budgets import BatchBudgets, limits_of
 from nascli.search.driver import drive
 from nascli.search.evaluator import EvaluatorSpec, evaluate_in_processes
 from nascli.search.random import RandomSearch, RandomSettings, cost_window, sample_in_window
@@ -76,6 +77,7 @@ def sampled_candidates(cfg: DictConfig, out: Path, console: Console) -> dict[str
     cost_model = make_cost_model(cfg.cost, space, net_settings)
     target = default_target(cfg.cost.name, space.name, cfg.cost.target)
     low, high = cost_window(settings, cfg.cost.name, space.name, target)
+    limits = limits_of(settings)
     request = {
         "space": space.name,
         "cost_model": cost_model.name,
@@ -84,6 +86,7 @@ def sampled_candidates(cfg: DictConfig, out: Path, console: Console) -> dict[str
         "target": target,
         "num_samples": settings.num_samples,
         "seed": cfg.seed,
+        **({"budgets": limits} if limits else {}),
     }
     if path.exists():
         stored = json.loads(path.read_text())
@@ -92,20 +95,29 @@ def sampled_candidates(cfg: DictConfig, out: Path, console: Console) -> dict[str
                 f"{path} was sampled with other settings; use a new out= or the original ones"
             )
         return stored
+    budgets = BatchBudgets(space, net_settings, limits) if limits else None
     with console.status("sampling architectures in the cost window"):
-        indices, costs, attempts = sample_in_window(
-            space, cost_model, settings.num_samples, low, high, cfg.seed, settings.max_attempts
-        )
+        sampled = sample_in_window(
+            space, cost_model, settings.num_samples, low, high, cfg.seed, settings.max_attempts,
+            budgets=budgets,
+        )  # fmt: skip
+    attempts = sampled.attempts
+    over = ", ".join(f"{n:,} over {k}" for k, n in sampled.rejected.items() if k != "cost")
     console.print(
-        f"{len(indices)} architectures with {cost_model.name} in [{low:g}, {high:g}] "
-        f"{cost_model.units} after {attempts:,} draws ({len(indices) / attempts:.2%} accepted)",
+        f"{len(sampled.indices)} architectures with {cost_model.name} in [{low:g}, {high:g}] "
+        f"{cost_model.units} after {attempts:,} draws ({len(sampled.indices) / attempts:.2%} "
+        f"accepted; {sampled.rejected['cost']:,} outside the window"
+        + (f", {over}" if over else "")
+        + ")",
         soft_wrap=True,
     )
     stored = {
         "request": request,
         "attempts": attempts,
+        **({"rejected": sampled.rejected} if limits else {}),
         "candidates": [
-            {"indices": format_indices(i), "cost": c} for i, c in zip(indices, costs, strict=True)
+            {"indices": format_indices(i), "cost": c}
+            for i, c in zip(sampled.indices, sampled.costs, strict=True)
         ],
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -232,7 +244,12 @@ def finish_random(
         images=int(done["images"].sum()),
         seconds=float(done["train_seconds"].sum()),
         wall_seconds=time.perf_counter() - started,
-        details={"window": request["window"], "candidates": len(rows), "failed": len(failed)},
+        details={
+            "window": request["window"],
+            "candidates": len(rows),
+            "failed": len(failed),
+            **({"budgets": request["budgets"]} if "budgets" in request else {}),
+        },
     )
     record = arch_record(arch, network, cost)
     record["search"] = summary.search_record()

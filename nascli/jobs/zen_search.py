@@ -28,9 +28,10 @@ from nascli.report.console import RunConsole
 from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import human, result_table
+from nascli.search.budgets import limits_of
 from nascli.search.driver import drive
 from nascli.search.tunas import default_target
-from nascli.search.zen import BUDGETS, EvolutionSearch, ZenSettings
+from nascli.search.zen import EvolutionSearch, ZenSettings
 from nascli.space.arch import Architecture
 from nascli.space.network import decode
 from nascli.train.distributed import world_size
@@ -60,11 +61,7 @@ def run_zen(cfg: DictConfig) -> None:
     out = run_directory()
     out.mkdir(parents=True, exist_ok=True)
     budgets = [f"{cost_model.name} ≤ {max_cost:g} {cost_model.units}"] if max_cost else []
-    budgets += [
-        f"{name} ≤ {human(limit)}"
-        for name, _ in BUDGETS
-        if (limit := getattr(settings, f"max_{name}")) is not None
-    ]
+    budgets += [f"{name} ≤ {human(limit)}" for name, limit in limits_of(settings).items()]
     p = settings.proxy_settings
     header = (
         f"search {space.title} · strategy zen (proxy {settings.proxy}, BN term {p.bn_term}, "

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nascli.errors import NascliError
+from nascli.search.budgets import limits_of
 from nascli.search.evaluator import Evaluator
 from nascli.search.random import RandomSearch
 from nascli.settings import check_fields, option
@@ -94,10 +95,7 @@ class GridSettings:
 
     def budgets(self) -> dict[str, float]:
         """The analytic budgets set (name -> limit), in the order they are checked."""
-        from nascli.search.zen import BUDGETS
-
-        limits = {name: getattr(self, f"max_{name}") for name, _ in BUDGETS}
-        return {name: limit for name, limit in limits.items() if limit is not None}
+        return limits_of(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

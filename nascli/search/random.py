@@ -13,6 +13,7 @@ import torch
 
 from nascli.cost.models import CostModel
 from nascli.errors import NascliError
+from nascli.search.budgets import BatchBudgets
 from nascli.search.driver import Strategy
 from nascli.search.evaluator import Evaluator
 from nascli.settings import check_fields, option
@@ -40,6 +41,12 @@ class RandomSettings:
     max_attempts: int = option(1_000_000, ge=1, le=10**12)
     workers: int = option(1, ge=1, le=1024)
     candidate: int | None = option(None, ge=0, le=1_000_000)
+    # hard budgets besides the cost window: draws over one are rejected like those outside it
+    max_params: float | None = option(None, gt=0)
+    max_macs: float | None = option(None, gt=0)
+    max_peak_memory: float | None = option(None, gt=0)  # bytes (fp32 live set)
+    max_sram: float | None = option(None, gt=0)  # bytes (int8 peak activation, MCUNet)
+    max_flash: float | None = option(None, gt=0)  # bytes (int8 weights + int32 biases)
 
     @classmethod
     def from_config(cls, cfg: Any) -> RandomSettings:
@@ -81,6 +88,17 @@ def cost_window(
     return low, high
 
 
+@dataclass(frozen=True)
+class Sampled:
+    """What `sample_in_window` drew: the kept architectures (in the order drawn), their costs,
+    the draws used, and how many draws each reason rejected (`cost` or a budget's name)."""
+
+    indices: list[list[int]]
+    costs: list[float]
+    attempts: int
+    rejected: dict[str, int]
+
+
 def sample_in_window(
     space: SearchSpace,
     cost_model: CostModel,
@@ -90,33 +108,46 @@ def sample_in_window(
     seed: int,
     max_attempts: int,
     chunk: int = 4096,
-) -> tuple[list[list[int]], list[float], int]:
-    """`num` architectures uniform per decision with low ≤ cost ≤ high, in the order drawn;
-    returns them, their costs and the attempts used. Gives up after `max_attempts` draws with
-    a message stating the cost range seen, never loops forever."""
+    budgets: BatchBudgets | None = None,
+) -> Sampled:
+    """`num` architectures uniform per decision with low ≤ cost ≤ high and within `budgets`.
+    Gives up after `max_attempts` draws with a message stating the cost range seen and what
+    the budgets rejected, never loops forever."""
     generator = torch.Generator().manual_seed(seed)
     kept: list[list[int]] = []
     costs: list[float] = []
     attempts = 0
+    names = budgets.names if budgets is not None else ()
+    rejected = dict.fromkeys(("cost", *names), 0)
     seen_low, seen_high = float("inf"), float("-inf")
     while True:
         if attempts >= max_attempts:
+            over = ", ".join(f"{n:,} over {k}" for k, n in rejected.items() if k != "cost" and n)
             raise NascliError(
                 f"found {len(kept)} of {num} architectures with cost in [{low:g}, {high:g}] "
                 f"{cost_model.units} after {attempts:,} draws; costs seen ranged "
-                f"{seen_low:.4g} to {seen_high:.4g}: widen the window or move cost.target"
+                f"{seen_low:.4g} to {seen_high:.4g}"
+                + (f"; rejected by a budget: {over}" if over else "")
+                + ": widen the window, move cost.target or raise the budgets"
             )
         size = min(chunk, max_attempts - attempts)
         indices = sample_indices(space, size, generator)
         values = cost_model(indices)
         seen_low = min(seen_low, float(values.min()))
         seen_high = max(seen_high, float(values.max()))
-        inside = ((values >= low) & (values <= high)).nonzero().flatten().tolist()
-        for i in inside:
+        exceeded = budgets.exceeded(indices) if budgets is not None else torch.zeros(size)
+        outside = (values < low) | (values > high)
+        inside = (~outside & (exceeded == 0)).nonzero().flatten().tolist()
+        need = num - len(kept)
+        stop = inside[need - 1] + 1 if len(inside) >= need else size  # draws used
+        rejected["cost"] += int(outside[:stop].sum())
+        for number, name in enumerate(names, start=1):
+            rejected[name] += int(((exceeded[:stop] == number) & ~outside[:stop]).sum())
+        for i in inside[:need]:
             kept.append(indices[i].tolist())
             costs.append(float(values[i]))
-            if len(kept) == num:
-                return kept, costs, attempts + i + 1
+        if len(kept) == num:
+            return Sampled(kept, costs, attempts + stop, rejected)
         attempts += size
 
 

@@ -25,6 +25,7 @@ import torch
 from nascli.cost.analytic import NetworkCost, network_cost
 from nascli.cost.models import CostModel
 from nascli.errors import NascliError
+from nascli.search.budgets import first_exceeded, limits_of
 from nascli.search.driver import Strategy
 from nascli.search.policy import ancestors
 from nascli.search.proxies import PROXIES, ProxySettings, scorable, score
@@ -33,15 +34,6 @@ from nascli.space.arch import format_indices, load_architecture, sample_indices
 from nascli.space.network import Network, NetworkSettings, decode
 from nascli.space.schema import Zero
 from nascli.space.spaces import SearchSpace
-
-#: Budgets in the order they are checked (cheapest first), with the analytic field they read.
-BUDGETS = (
-    ("params", "params"),
-    ("macs", "macs"),
-    ("peak_memory", "peak_memory_bytes"),
-    ("sram", "sram_bytes"),
-    ("flash", "flash_bytes"),
-)
 
 
 @dataclass(frozen=True)
@@ -277,10 +269,9 @@ class EvolutionSearch(Strategy):
         return self.check(analytic, cost)
 
     def check(self, analytic: NetworkCost, cost: float) -> str | None:
-        for name, attr in BUDGETS:
-            limit = getattr(self.settings, f"max_{name}")
-            if limit is not None and getattr(analytic, attr) > limit:
-                return f"over_{name}"
+        exceeded = first_exceeded(analytic, limits_of(self.settings))
+        if exceeded is not None:
+            return f"over_{exceeded}"
         if self.max_cost is not None and cost > self.max_cost:
             return "over_cost"
         return None
