@@ -23,6 +23,7 @@ class FixedEvaluator:
     """Stands in for the trainer: accuracy from the first decision, child 1 fails."""
 
     space = SPACE
+    net_settings = NetworkSettings(resolution=32, num_classes=10, in_channels=1)
 
     def __init__(self):
         self.seen: list[tuple[list[int], Path]] = []
@@ -68,6 +69,28 @@ def test_rewards_baseline_and_one_controller_update_per_m_children(tmp_path):
     # Baseline updated first with the batch's mean: at the first step it equals that mean.
     assert row["baseline"] == pytest.approx(sum(rewards) / 3)
     assert [p.name for _, p in s.evaluator.seen] == ["0", "1", "2"]
+
+
+def test_a_child_over_a_budget_is_not_trained_gets_the_lowest_reward_and_never_wins(tmp_path):
+    from nascli.cost.analytic import network_cost
+    from nascli.space.network import decode
+
+    def flash(child):
+        indices = tuple(int(v) for v in child["indices"].split(":"))
+        return network_cost(decode(SPACE, indices, FixedEvaluator.net_settings)).flash_bytes
+
+    probe = search(tmp_path, steps=4)
+    for _ in range(12):
+        probe.advance()
+    limit = sorted(flash(c) for c in probe.children)[6]  # about half the children are over it
+    s = search(tmp_path / "b", steps=4, max_flash=limit, over_budget_reward=-1.0)
+    for _ in range(12):
+        s.advance()
+    over = [c for c in s.children if c["status"] == "over_flash"]
+    assert over and all(c["reward"] == -1.0 for c in over)
+    trained = {p.name for _, p in s.evaluator.seen}
+    assert not trained & {str(c["child"]) for c in over}  # never handed to the trainer
+    assert flash(s.best()) <= limit
 
 
 def test_a_resumed_search_samples_the_same_batches(tmp_path):

@@ -35,7 +35,7 @@ from nascli.report.console import RunConsole
 from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import human
-from nascli.search.budgets import first_exceeded
+from nascli.search.budgets import first_exceeded, rejected_counts
 from nascli.search.driver import drive
 from nascli.search.evaluator import Evaluator, EvaluatorSpec
 from nascli.search.grid import GridSearch, GridSettings, grid_points
@@ -110,11 +110,6 @@ def measure_points(cfg: DictConfig, settings: GridSettings) -> dict[str, Any]:
         for p in fitting[:-1]:
             p["status"] = "smaller_phi"
     return {"base": base.text, "cost_model": cfg.cost.name, "points": measured}
-
-
-def rejected_counts(points: list[dict[str, Any]]) -> dict[str, int]:
-    """Points rejected before training, per budget (`over_<budget>` -> count)."""
-    return dict(Counter(p["status"] for p in points if p["status"].startswith("over_")))
 
 
 def run_grid(cfg: DictConfig) -> None:

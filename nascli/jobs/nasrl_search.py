@@ -35,6 +35,7 @@ from nascli.report.console import RunConsole
 from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import result_table
+from nascli.search.budgets import rejected_counts
 from nascli.search.driver import drive
 from nascli.search.evaluator import EvaluatorSpec, evaluate_in_processes
 from nascli.search.nasrl import NasrlSearch, NasrlSettings
@@ -125,7 +126,8 @@ def run_nasrl(cfg: DictConfig) -> None:
         details={
             "controller": controller_cfg.name,
             "children": len(search.children),
-            "failed": len(search.children) - len(done),
+            "failed": sum(c["status"] == "failed" for c in search.children),
+            "rejected": rejected_counts(search.children),
             "controller_steps": len(rows),
             "reward_first_step": rows[0]["reward"] if rows else None,
             "reward_last_step": rows[-1]["reward"] if rows else None,

@@ -35,6 +35,15 @@ def limits_of(settings: Any) -> dict[str, float]:
     return {name: float(limit) for name, limit in limits.items() if limit is not None}
 
 
+def rejected_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Rows rejected by a budget (status `over_<budget>`), counted per status."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        if str(row["status"]).startswith("over_"):
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return counts
+
+
 def first_exceeded(analytic: NetworkCost, limits: dict[str, float]) -> str | None:
     """The first budget `analytic` exceeds, or None when it fits them all."""
     for name, field, _ in BUDGETS:

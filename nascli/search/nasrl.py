@@ -9,7 +9,10 @@ The baseline's decay is not in the paper: it is `baseline_decay` (0.95 by defaul
 value; ENAS's code uses 0.99). The baseline is zero-debiased and updated with the batch's mean
 reward before the advantages are formed (TuNAS's and ENAS's order). ENAS's optional entropy
 bonus is added to each reward without a gradient (`entropy_weight`, off by default). A child
-whose training failed (out of memory, divergence) gets reward 0 and a row with its error.
+whose training failed (out of memory, divergence) gets reward 0 and a row with its error. A
+child over a hard budget (`max_sram`, `max_flash`, ...) is not trained: it gets
+`over_budget_reward` (0 by default, MnasNet's hard constraint) and a row `over_<budget>`, so the
+result, the best trained child, is always within every budget.
 
 One unit of the driver is one child, so a SIGKILL loses at most the child in training (which
 resumes from its own checkpoint), never a finished one.
@@ -24,13 +27,16 @@ from typing import Any
 
 import torch
 
+from nascli.cost.analytic import network_cost
 from nascli.cost.models import CostModel
+from nascli.search.budgets import first_exceeded, limits_of
 from nascli.search.driver import Strategy
 from nascli.search.evaluator import Evaluator
 from nascli.search.policy import Controller
 from nascli.search.rewards import EmaBaseline
 from nascli.settings import check_fields, option
 from nascli.space.arch import format_indices
+from nascli.space.network import decode
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,14 @@ class NasrlSettings:
     baseline_decay: float = option(0.95, ge=0, lt=1)
     entropy_weight: float = option(0.0, ge=0, le=1000)
     workers: int = option(1, ge=1, le=1024)  # processes training a step's children at once
+    #: hard budgets: a child over one is not trained and gets `over_budget_reward` (MnasNet's
+    #: hard constraint: the lowest reward there is, since rewards lie in [0, 1])
+    max_params: float | None = option(None, gt=0)
+    max_macs: float | None = option(None, gt=0)
+    max_peak_memory: float | None = option(None, gt=0)  # bytes (fp32 live set)
+    max_sram: float | None = option(None, gt=0)  # bytes (int8 peak activation, MCUNet)
+    max_flash: float | None = option(None, gt=0)  # bytes (int8 weights + int32 biases)
+    over_budget_reward: float = option(0.0, ge=-1000, le=1000)
 
     @classmethod
     def from_config(cls, cfg: Any) -> NasrlSettings:
@@ -112,12 +126,17 @@ class NasrlSearch(Strategy):
             self.batch = self._sample_batch(step)
         if self.pool is not None and self._pooled != step:  # the rest of the batch, at once
             self._pooled = step
-            rest = range(slot, m)
+            rest = [k for k in range(slot, m) if self._over_budget(self.batch[k]) is None]
             self.pool([(self.batch[k], self._run_dir(number - slot + k)) for k in rest])
         indices = self.batch[slot]
-        result = self.evaluator.try_evaluate(indices, self._run_dir(number))
-        accuracy = result.get("valid_top1_last") if result["status"] == "done" else None
-        reward = 0.0 if accuracy is None else accuracy**self.settings.reward_power
+        over = self._over_budget(indices)
+        if over is not None:
+            result = {"status": f"over_{over}"}
+            reward = self.settings.over_budget_reward
+        else:
+            result = self.evaluator.try_evaluate(indices, self._run_dir(number))
+            accuracy = result.get("valid_top1_last") if result["status"] == "done" else None
+            reward = 0.0 if accuracy is None else accuracy**self.settings.reward_power
         self.children.append(
             {
                 "child": number,
@@ -131,6 +150,13 @@ class NasrlSearch(Strategy):
         if slot == m - 1:
             return self._update(step)
         return None
+
+    def _over_budget(self, indices: Sequence[int]) -> str | None:
+        limits = limits_of(self.settings)
+        if not limits:
+            return None
+        network = decode(self.evaluator.space, tuple(indices), self.evaluator.net_settings)
+        return first_exceeded(network_cost(network), limits)
 
     def _run_dir(self, number: int) -> Path:
         return self.out / "children" / str(number)
