@@ -16,6 +16,7 @@ from nascli.data import load_data
 from nascli.nn.supernet import Supernet, SupernetInit
 from nascli.search.policy import Controller
 from nascli.search.tunas import TunasSearch, TunasSettings
+from nascli.space.arch import sample_indices
 from nascli.space.network import NetworkSettings
 from nascli.space.spaces import SPACES
 from nascli.train.distributed import Context
@@ -344,3 +345,29 @@ def test_a_train_key_the_search_step_does_not_implement_is_refused_before_work(
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith(f"error: {message}")
     assert not (out / "last.pt").exists() and not (out / "search_log.csv").exists()
+
+
+def test_tunas_under_a_hard_budget_penalises_samples_over_it_and_returns_one_within_it():
+    from nascli.search.budgets import BatchBudgets
+
+    probe = tiny_search()
+    flash = probe.net.settings  # the supernet's network settings
+    uniform = sample_indices(probe.space, 400, torch.Generator().manual_seed(0))
+    limit = float(BatchBudgets(probe.space, flash, {"flash": 1.0}).costs["flash"](uniform).median())
+    search = tiny_search(max_flash=limit, over_budget_reward=-5.0)
+    over_seen = 0
+    while search.step < search.total_steps:
+        record = search.train_step()
+        over = search.budgets.exceeded(torch.tensor(record.indices)) > 0
+        assert record.over_budget == int(over.sum())
+        assert all((r == -5.0) == bool(o) for r, o in zip(record.rewards, over, strict=True))
+        over_seen += record.over_budget
+    assert over_seen > 0
+    chosen, _ = search.result_indices()
+    assert not search.budgets.exceeded(torch.tensor([chosen])).any()
+    # a budget the argmax breaks: the answer is the likeliest architecture within it
+    argmax_flash = search.budgets.costs["flash"](torch.tensor([search.final_indices()]))[0]
+    search.budgets = BatchBudgets(search.space, flash, {"flash": float(argmax_flash) - 1})
+    chosen, how = search.result_indices()
+    assert how == "likeliest_within_budgets" and chosen != search.final_indices()
+    assert not search.budgets.exceeded(torch.tensor([chosen])).any()

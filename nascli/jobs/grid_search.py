@@ -132,7 +132,7 @@ def run_grid(cfg: DictConfig) -> None:
     if settings.max_cost is not None:
         budgets = ", ".join(filter(None, [budgets, f"{cfg.cost.name} ≤ {settings.max_cost:g}"]))
     console.print(
-        f"grid of {len(points)} points ({settings.mode}) of {grid['base']} · budgets "
+        f"grid of {len(points)} points ({settings.mode}) of {settings.base} · budgets "
         f"{budgets or 'none'} · rejected before training: "
         + (", ".join(f"{n} {k.removeprefix('over_')}" for k, n in rejected.items()) or "none")
         + f" · training {len(chosen)}",
@@ -171,7 +171,7 @@ def run_grid(cfg: DictConfig) -> None:
         "world_size": ctx.world,
     }
     header = (
-        f"grid search · {len(chosen)} points of {grid['base']} · recipe {cfg.train.name} "
+        f"grid search · {len(chosen)} points of {settings.base} · recipe {cfg.train.name} "
         f"({cfg.train.epochs} epochs)"
     )
     drive(

@@ -24,6 +24,7 @@ from nascli.data.augment import keyed_generator
 from nascli.data.source import DataSource
 from nascli.errors import NascliError
 from nascli.nn.supernet import Sample, Supernet, SupernetInit
+from nascli.search.budgets import BatchBudgets, limits_of
 from nascli.search.driver import Strategy
 from nascli.search.policy import (
     CategoricalPolicy,
@@ -88,6 +89,15 @@ class TunasSettings:
     # within target·(1 ± final_window).
     final_selection: str = option("argmax", choices=FINAL_SELECTIONS)
     final_window: float = option(0.03, gt=0, lt=1)
+    # Hard budgets (None: unset): a sampled architecture over one gets `over_budget_reward`
+    # instead of its reward (below any TuNAS reward whose cost term is under 10× its target),
+    # and the result is the likeliest architecture within them when the argmax is not.
+    max_params: float | None = option(None, gt=0)
+    max_macs: float | None = option(None, gt=0)
+    max_peak_memory: float | None = option(None, gt=0)  # bytes (fp32 live set)
+    max_sram: float | None = option(None, gt=0)  # bytes (int8 peak activation, MCUNet)
+    max_flash: float | None = option(None, gt=0)  # bytes (int8 weights + int32 biases)
+    over_budget_reward: float = option(-1.0, ge=-1000, le=1000)
 
     @classmethod
     def from_config(cls, cfg: Any) -> TunasSettings:
@@ -129,6 +139,7 @@ class StepRecord:
     advantages: list[float]
     entropy: float
     indices: list[list[int]]
+    over_budget: int = 0  # samples of the step over a hard budget
 
 
 class Batches:
@@ -259,6 +270,8 @@ class TunasSearch(Strategy):
             self.policy_lr_growth = 1.0
         self.policy_base_lr = base
         self.baseline = EmaBaseline(settings.baseline_momentum)
+        limits = limits_of(settings)
+        self.budgets = BatchBudgets(self.space, supernet.settings, limits) if limits else None
         self.step = 0
         self.log_every = max(1, settings.log_every)
         self.checkpoint_every = settings.checkpoint_every
@@ -306,6 +319,7 @@ class TunasSearch(Strategy):
             "entropy": record.entropy,
             "argmax_cost": float(self.cost_model(argmax)[0]),
             "indices": ";".join(":".join(map(str, row)) for row in record.indices),
+            **({"over_budget": record.over_budget} if self.budgets is not None else {}),
             **probability_columns(self.space, self.policy.marginals()),
         }
 
@@ -415,7 +429,7 @@ class TunasSearch(Strategy):
         quality = torch.cat(self.ctx.all_gather(correct)).double().cpu()
         train_loss = float(self.ctx.all_reduce(loss_sum.reshape(1)).item()) / self.archs
         # 3. Baseline, advantages, policy step.
-        cost, rewards, baseline, advantages, entropy = self.policy_step(
+        cost, rewards, baseline, advantages, entropy, over = self.policy_step(
             policy_lr, indices, replaced, quality
         )
         self.step += 1
@@ -433,17 +447,23 @@ class TunasSearch(Strategy):
             advantages=advantages.tolist(),
             entropy=entropy,
             indices=indices.tolist(),
+            over_budget=over,
         )
 
     def policy_step(
         self, policy_lr: float, indices: torch.Tensor, replaced: torch.Tensor, quality
-    ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor, float]:  # fmt: skip
-        """Rewards from the step's qualities and costs, the baseline (updated first, as TuNAS does),
-        advantages and one policy step (Adam moments update even while the RL delay keeps lr
-        at 0). Returns (cost, rewards, baseline, advantages, mean entropy)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor, float, int]:  # fmt: skip
+        """Rewards from the step's qualities and costs (`over_budget_reward` for a sample over a
+        hard budget), the baseline (updated first, as TuNAS does), advantages and one policy
+        step (Adam moments update even while the RL delay keeps lr at 0). Returns (cost,
+        rewards, baseline, advantages, mean entropy, samples over a budget)."""
         s = self.settings
         cost = self.cost_model(indices.cpu()).double()
         rewards = reward(quality, cost, self.target, s.reward, s.cost_exponent)
+        over = torch.zeros(len(rewards), dtype=torch.bool)
+        if self.budgets is not None:
+            over = self.budgets.exceeded(indices.cpu()) > 0
+            rewards = torch.where(over, torch.tensor(s.over_budget_reward).double(), rewards)
         baseline = self.baseline.update(float(rewards.mean()))
         advantages = rewards - baseline
         counted = self.policy.active(indices) & ~replaced
@@ -451,7 +471,7 @@ class TunasSearch(Strategy):
             indices, advantages.to(self.ctx.device), counted, policy_lr, s.entropy_coefficient
         )
         entropy = float(self.policy.entropy(indices).mean())
-        return cost, rewards, baseline, advantages, entropy
+        return cost, rewards, baseline, advantages, entropy, int(over.sum())
 
     def _average_gradients(self) -> None:
         """Sum gradients over ranks. A parameter no rank used keeps no gradient, so the
@@ -478,31 +498,48 @@ class TunasSearch(Strategy):
 
     def result_indices(self) -> tuple[list[int], str]:
         """The search's answer and how it was chosen: `argmax`, `likeliest_in_window`, or
-        `argmax (none in window)` when no candidate of the policy lies within the window."""
+        `argmax (none in window)` when no candidate of the policy lies within the window. With
+        hard budgets the answer is always within them: `likeliest_within_budgets` when the
+        argmax is not (or the likeliest in the window within them)."""
         s = self.settings
-        if s.final_selection == "argmax" or self.target is None or s.reward == "quality":
-            return self.final_indices(), "argmax"
-        found = likeliest_within(
-            self.policy, self.cost_model, self.target, s.final_window, self.seed
-        )
-        if found is None:
-            return self.final_indices(), "argmax (none in window)"
-        if found.tolist() == self.final_indices():
-            return found.tolist(), "argmax"  # the likeliest of all is inside the window
-        return found.tolist(), "likeliest_in_window"
+        window = s.final_selection != "argmax" and self.target is not None
+        window = window and s.reward != "quality"
+        if window:
+            found = likeliest_within(
+                self.policy, self.cost_model, self.target, s.final_window, self.seed, self.budgets
+            )
+            if found is not None:
+                how = "argmax" if found.tolist() == self.final_indices() else "likeliest_in_window"
+                return found.tolist(), how
+        argmax = self.final_indices()
+        fits = self.budgets is None or not bool(self.budgets.exceeded(torch.tensor([argmax]))[0])
+        if not fits:
+            found = likeliest_within(
+                self.policy, self.cost_model, None, s.final_window, self.seed, self.budgets
+            )
+            if found is None:
+                raise NascliError(
+                    "no architecture of the final policy fits the budgets "
+                    f"({', '.join(f'{k} ≤ {v:g}' for k, v in self.budgets.limits.items())}): "
+                    "raise them, or search longer so the policy moves within them"
+                )
+            return found.tolist(), "likeliest_within_budgets"
+        return argmax, "argmax (none in window)" if window else "argmax"
 
 
 def likeliest_within(
     policy: Controller,
     cost_model: CostModel,
-    target: float,
+    target: float | None,
     window: float,
     seed: int,
+    budgets: BatchBudgets | None = None,
     draws: int = 4000,
 ) -> torch.Tensor | None:
-    """The likeliest architecture under `policy` whose cost lies within target·(1 ± window),
-    among its argmax and `draws` samples at each of the temperatures 1, ½ and ¼ (sharper
-    draws lie nearer the mode); None if none does. Likelihood is the product over every
+    """The likeliest architecture under `policy` whose cost lies within target·(1 ± window)
+    (any cost when `target` is None) and within `budgets`, among its argmax and `draws` samples
+    at each of the temperatures 1, ½ and ¼ (sharper draws lie nearer the mode); None if none
+    does. Likelihood is the product over every
     decision, with the decisions inside skipped layers set to their argmax first (they change
     neither the network nor its cost)."""
     generator = torch.Generator().manual_seed(seed)
@@ -510,8 +547,13 @@ def likeliest_within(
     drawn = [policy.sample(draws, generator, temperature=t) for t in (1.0, 0.5, 0.25)]
     indices = torch.cat([argmax[None], *drawn])
     indices = torch.where(policy.active(indices), indices, argmax)
-    cost = cost_model(indices.cpu()).double()
-    inside = ((cost / target - 1).abs() <= window).to(indices.device)
+    inside = torch.ones(len(indices), dtype=torch.bool)
+    if target is not None:
+        cost = cost_model(indices.cpu()).double()
+        inside = (cost / target - 1).abs() <= window
+    if budgets is not None:
+        inside &= budgets.exceeded(indices.cpu()) == 0
+    inside = inside.to(indices.device)
     if not bool(inside.any()):
         return None
     likelihood = policy.log_prob(indices, torch.ones_like(indices, dtype=torch.bool))
