@@ -9,11 +9,13 @@ reject thousands of draws.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from nascli.cost.analytic import NetworkCost
+from nascli.settings import option
 from nascli.space.network import NetworkSettings
 from nascli.space.spaces import SearchSpace
 
@@ -27,6 +29,18 @@ BUDGETS = (
     ("flash", "flash_bytes", "flash"),
 )
 NAMES = tuple(name for name, _, _ in BUDGETS)
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """The hard budgets every strategy's settings take (None: unset); each strategy's YAML
+    lists them."""
+
+    max_params: float | None = option(None, gt=0)
+    max_macs: float | None = option(None, gt=0)
+    max_peak_memory: float | None = option(None, gt=0)  # bytes (fp32 live set)
+    max_sram: float | None = option(None, gt=0)  # bytes (int8 peak activation, MCUNet)
+    max_flash: float | None = option(None, gt=0)  # bytes (int8 weights + int32 biases)
 
 
 def limits_of(settings: Any) -> dict[str, float]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nascli.errors import NascliError
-from nascli.search.budgets import limits_of
+from nascli.search.budgets import BudgetSettings, limits_of
 from nascli.search.evaluator import Evaluator
 from nascli.search.random import RandomSearch
 from nascli.settings import check_fields, option
@@ -43,7 +43,7 @@ COMPOUND_KEYS = {
 
 
 @dataclass(frozen=True)
-class GridSettings:
+class GridSettings(BudgetSettings):
     """The `strategy=grid` config group (see conf/strategy/grid.yaml)."""
 
     name: str = option("grid", choices=("grid",))
@@ -59,11 +59,6 @@ class GridSettings:
     phi_step: float = option(1.0, gt=0, le=100)
     phi_max: float = option(8.0, ge=0, le=100)
     max_cost: float | None = option(None, gt=0)  # in the cost= model's units
-    max_params: float | None = option(None, gt=0)
-    max_macs: float | None = option(None, gt=0)
-    max_peak_memory: float | None = option(None, gt=0)  # bytes (fp32 live set)
-    max_sram: float | None = option(None, gt=0)  # bytes (int8 peak activation, MCUNet)
-    max_flash: float | None = option(None, gt=0)  # bytes (int8 weights + int32 biases)
 
     @classmethod
     def from_config(cls, cfg: Any) -> GridSettings:

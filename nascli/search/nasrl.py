@@ -29,7 +29,7 @@ import torch
 
 from nascli.cost.analytic import network_cost
 from nascli.cost.models import CostModel
-from nascli.search.budgets import first_exceeded, limits_of
+from nascli.search.budgets import BudgetSettings, first_exceeded, limits_of
 from nascli.search.driver import Strategy
 from nascli.search.evaluator import Evaluator
 from nascli.search.policy import Controller
@@ -40,7 +40,7 @@ from nascli.space.network import decode
 
 
 @dataclass(frozen=True)
-class NasrlSettings:
+class NasrlSettings(BudgetSettings):
     """The `strategy=nasrl` config group (conf/strategy/nasrl.yaml, nasrl_paper.yaml)."""
 
     name: str = option("nasrl", choices=("nasrl",))
@@ -51,13 +51,8 @@ class NasrlSettings:
     baseline_decay: float = option(0.95, ge=0, lt=1)
     entropy_weight: float = option(0.0, ge=0, le=1000)
     workers: int = option(1, ge=1, le=1024)  # processes training a step's children at once
-    #: hard budgets: a child over one is not trained and gets `over_budget_reward` (MnasNet's
-    #: hard constraint: the lowest reward there is, since rewards lie in [0, 1])
-    max_params: float | None = option(None, gt=0)
-    max_macs: float | None = option(None, gt=0)
-    max_peak_memory: float | None = option(None, gt=0)  # bytes (fp32 live set)
-    max_sram: float | None = option(None, gt=0)  # bytes (int8 peak activation, MCUNet)
-    max_flash: float | None = option(None, gt=0)  # bytes (int8 weights + int32 biases)
+    #: hard budgets (BudgetSettings): a child over one is not trained and gets this reward
+    #: (MnasNet's hard constraint: the lowest reward there is, since rewards lie in [0, 1])
     over_budget_reward: float = option(0.0, ge=-1000, le=1000)
 
     @classmethod

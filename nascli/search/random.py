@@ -13,7 +13,7 @@ import torch
 
 from nascli.cost.models import CostModel
 from nascli.errors import NascliError
-from nascli.search.budgets import BatchBudgets
+from nascli.search.budgets import BatchBudgets, BudgetSettings
 from nascli.search.driver import Strategy
 from nascli.search.evaluator import Evaluator
 from nascli.settings import check_fields, option
@@ -30,7 +30,7 @@ PIXEL1_WINDOWS_MS = {
 
 
 @dataclass(frozen=True)
-class RandomSettings:
+class RandomSettings(BudgetSettings):
     """The `strategy=random` config group (see conf/strategy/random.yaml)."""
 
     name: str = option("random", choices=("random",))
@@ -41,12 +41,7 @@ class RandomSettings:
     max_attempts: int = option(1_000_000, ge=1, le=10**12)
     workers: int = option(1, ge=1, le=1024)
     candidate: int | None = option(None, ge=0, le=1_000_000)
-    # hard budgets besides the cost window: draws over one are rejected like those outside it
-    max_params: float | None = option(None, gt=0)
-    max_macs: float | None = option(None, gt=0)
-    max_peak_memory: float | None = option(None, gt=0)  # bytes (fp32 live set)
-    max_sram: float | None = option(None, gt=0)  # bytes (int8 peak activation, MCUNet)
-    max_flash: float | None = option(None, gt=0)  # bytes (int8 weights + int32 biases)
+    # the hard budgets (BudgetSettings): a draw over one is rejected like one outside the window
 
     @classmethod
     def from_config(cls, cfg: Any) -> RandomSettings:

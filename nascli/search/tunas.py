@@ -24,7 +24,7 @@ from nascli.data.augment import keyed_generator
 from nascli.data.source import DataSource
 from nascli.errors import NascliError
 from nascli.nn.supernet import Sample, Supernet, SupernetInit
-from nascli.search.budgets import BatchBudgets, limits_of
+from nascli.search.budgets import BatchBudgets, BudgetSettings, limits_of
 from nascli.search.driver import Strategy
 from nascli.search.policy import (
     CategoricalPolicy,
@@ -58,7 +58,7 @@ FINAL_SELECTIONS = ("argmax", "likeliest_in_window")
 
 
 @dataclass(frozen=True)
-class TunasSettings:
+class TunasSettings(BudgetSettings):
     """The `strategy=tunas` config group (see conf/strategy/tunas.yaml for each field)."""
 
     name: str = option("tunas", choices=("tunas",))
@@ -89,14 +89,9 @@ class TunasSettings:
     # within target·(1 ± final_window).
     final_selection: str = option("argmax", choices=FINAL_SELECTIONS)
     final_window: float = option(0.03, gt=0, lt=1)
-    # Hard budgets (None: unset): a sampled architecture over one gets `over_budget_reward`
+    # Hard budgets (BudgetSettings): a sampled architecture over one gets `over_budget_reward`
     # instead of its reward (below any TuNAS reward whose cost term is under 10× its target),
     # and the result is the likeliest architecture within them when the argmax is not.
-    max_params: float | None = option(None, gt=0)
-    max_macs: float | None = option(None, gt=0)
-    max_peak_memory: float | None = option(None, gt=0)  # bytes (fp32 live set)
-    max_sram: float | None = option(None, gt=0)  # bytes (int8 peak activation, MCUNet)
-    max_flash: float | None = option(None, gt=0)  # bytes (int8 weights + int32 biases)
     over_budget_reward: float = option(-1.0, ge=-1000, le=1000)
 
     @classmethod

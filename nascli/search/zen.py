@@ -25,7 +25,7 @@ import torch
 from nascli.cost.analytic import NetworkCost, network_cost
 from nascli.cost.models import CostModel
 from nascli.errors import NascliError
-from nascli.search.budgets import first_exceeded, limits_of
+from nascli.search.budgets import BudgetSettings, first_exceeded, limits_of
 from nascli.search.driver import Strategy
 from nascli.search.policy import ancestors
 from nascli.search.proxies import PROXIES, ProxySettings, scorable, score
@@ -37,7 +37,7 @@ from nascli.space.spaces import SearchSpace
 
 
 @dataclass(frozen=True)
-class ZenSettings:
+class ZenSettings(BudgetSettings):
     """The `strategy=zen` config group (see conf/strategy/zen.yaml)."""
 
     name: str = option("zen", choices=("zen",))
@@ -52,11 +52,6 @@ class ZenSettings:
     init_population: int = option(10, ge=1, le=1_000_000)
     mutations: int = option(2, ge=1, le=10_000)
     max_cost: float | None = option(None, gt=0)  # in the cost model's units; default: cost.target
-    max_params: float | None = option(None, gt=0)
-    max_macs: float | None = option(None, gt=0)
-    max_peak_memory: float | None = option(None, gt=0)  # bytes (fp32 live set)
-    max_sram: float | None = option(None, gt=0)  # bytes (int8 peak activation, MCUNet)
-    max_flash: float | None = option(None, gt=0)  # bytes (int8 weights + int32 biases)
     log_every: int = option(10, ge=1, le=10**9)
     checkpoint_every: int = option(100, ge=0)
     proxy_settings: ProxySettings = field(default_factory=ProxySettings)
