@@ -9,9 +9,9 @@ from nascli.cost.analytic import network_cost
 from nascli.cost.models import Pixel1Cost
 from nascli.errors import NascliError
 from nascli.jobs.grid_search import measure_points
-from nascli.search.grid import GridSettings, grid_points, round_repeats
+from nascli.search.grid import GridSettings, grid_points
 from nascli.space.arch import get_space, load_architecture
-from nascli.space.depth import deepen_indices
+from nascli.space.depth import deepen_indices, round_repeats
 from nascli.space.network import NetworkSettings, block_width, decode, make_divisible
 from tests.conftest import SPACE_NAMES, TINY, assert_common_summary, random_archs
 

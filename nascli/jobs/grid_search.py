@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -243,9 +242,7 @@ def finish_grid(
             "point": overrides,
             "points": len(grid["points"]),
             "trained": len(rows),
-            "rejected": dict(
-                Counter(p["status"] for p in grid["points"] if "over_" in p["status"])
-            ),
+            "rejected": rejected_counts(grid["points"]),
         },
     )
     record = arch_record(arch, network, cost)

@@ -96,11 +96,6 @@ class GridSettings(BudgetSettings):
         return asdict(self)
 
 
-def round_repeats(repeats: int, depth_multiplier: float) -> int:
-    """EfficientNet's `round_repeats`: ceil(d · repeats) (never round())."""
-    return math.ceil(depth_multiplier * repeats - 1e-9)
-
-
 def compound_point(
     settings: GridSettings, phi: float, width: float, resolution: int, depth: float = 1.0
 ) -> dict[str, Any]:

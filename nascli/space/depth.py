@@ -106,10 +106,15 @@ def _entries(blocks: tuple[Block, ...]) -> list[tuple[list[_Entry], int]]:
     return found
 
 
+def round_repeats(repeats: int, depth_multiplier: float) -> int:
+    """EfficientNet's `round_repeats`: ceil(d · repeats) (never round())."""
+    return math.ceil(depth_multiplier * repeats - 1e-9)
+
+
 def extra_slots(block: Block, depth_multiplier: float) -> int:
     """Skippable slots a block gains: ceil(d · n_slots) − n_slots of its repeatable layers."""
     slots = sum(_core(entry) is not None for entry in block.layers)
-    return math.ceil(depth_multiplier * slots - 1e-9) - slots if slots else 0
+    return round_repeats(slots, depth_multiplier) - slots if slots else 0
 
 
 @cache
@@ -152,7 +157,7 @@ def deepen_indices(
         active = [i for i in repeatable if not (entries[i].skippable and values[i][-1] == 1)]
         last = repeatable[-1] if repeatable else -1
         new = [None] * extra  # the added slots, after the block's last repeatable entry
-        wanted = math.ceil(depth_multiplier * len(active) - 1e-9) - len(active)
+        wanted = round_repeats(len(active), depth_multiplier) - len(active)
         if active and wanted:
             copy = _core_values(entries[active[-1]], values[active[-1]])
             skipped = [i for i in repeatable if i not in active and entries[i].skippable]
