@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -7,6 +9,13 @@ from nascli.space.arch import sample_indices
 from nascli.space.spaces import SPACES
 
 SPACE_NAMES = list(SPACES)
+
+# One torch thread for the suite and for the processes it starts: on a busy machine the two
+# OpenMP threads of a 2-core run spin-wait on each other and a test can take 10× longer, while
+# on a quiet one a single thread costs about the same (measured on the slowest test: 67 s with
+# two threads, 68 s with one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 # Overrides for whole search / baseline runs in seconds on 2 cores: 16×16 synthetic images, a
 # quarter of the widths, one short epoch.
