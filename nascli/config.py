@@ -35,7 +35,7 @@ from nascli.space.network import (
 from nascli.train.distributed import close_process_group, shared_timestamp, world_size
 
 #: the values of the groups that name a fixed set (the other names are each group's YAML files)
-SPACE_NAMES = ("proxylessnas", "proxylessnas_enlarged", "mnv3")
+SPACE_NAMES = ("proxylessnas", "proxylessnas_enlarged", "mnv3", "nasrl", "nasrl_strides")
 DATA_NAMES = ("mnist", "digits", "cifar10", "cifar100", "synthetic", "imagenet", "imagefolder")
 COST_NAMES = ("macs", "params", "peak_memory", "sram", "flash", "tunas_pixel1", "lut", "measured")
 PATH = "a path"
@@ -46,6 +46,7 @@ class SpaceConfig:
     name: str = option(MISSING, choices=SPACE_NAMES)
     width_multiplier: float = option(1.0, gt=0, le=16)
     depth_multiplier: float = option(1.0, ge=1, le=16)
+    layers: int | None = option(None, ge=1, le=200)  # NAS-RL spaces: number of conv layers
     width_rounding: str = option("tunas", choices=WIDTH_ROUNDINGS)
     stride_policy: str = option("auto", choices=STRIDE_POLICIES)
     min_final_resolution: int = option(2, ge=1, le=1024)
@@ -282,8 +283,11 @@ def controller_settings(cfg: DictConfig) -> Any:
 
 
 def configured_space(cfg: DictConfig):
-    """The space `cfg.space` names, deepened by its `depth_multiplier`."""
-    return get_space(cfg.space.name, cfg.space.get("depth_multiplier", 1.0))
+    """The space `cfg.space` names, deepened by its `depth_multiplier` (a NAS-RL space: at
+    its `layers`)."""
+    return get_space(
+        cfg.space.name, cfg.space.get("depth_multiplier", 1.0), cfg.space.get("layers")
+    )
 
 
 def network_settings(cfg: DictConfig) -> NetworkSettings:

@@ -9,8 +9,9 @@ children in the last half of the run against the uniform children's, and the con
 (sampling and updates) as a share of the wall time. Every child is trained from scratch, so the
 run takes N × 2 × seeds child trainings.
 
-    python scripts/bench_nasrl.py [--children 16] [--per-step 4] [--seeds 0 1 2]
-        [--epochs 1] [--width 0.25] [--threads 1] [--out runs/bench_nasrl]
+    python scripts/bench_nasrl.py [--space proxylessnas] [--layers N] [--children 16]
+        [--per-step 4] [--seeds 0 1 2] [--epochs 1] [--width 0.25] [--resolution 32]
+        [--threads 1] [--out runs/bench_nasrl]
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from hydra import compose, initialize_config_module
 from rich.console import Console
 from rich.table import Table
 
-from nascli.config import controller_settings, network_settings
+from nascli.config import configured_space, controller_settings, network_settings
 from nascli.cost.models import make_cost_model
 from nascli.data import load_data
 from nascli.report.machine import machine_line
 from nascli.search.evaluator import Evaluator
 from nascli.search.nasrl import NasrlSearch, NasrlSettings
 from nascli.search.policy import make_controller
-from nascli.space.arch import get_space, sample_indices
+from nascli.space.arch import sample_indices
 from nascli.train.distributed import context
 
 
@@ -60,18 +61,24 @@ class TimedController:
 def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict[str, float]:
     overrides = [
         "strategy=nasrl",
+        f"space={args.space}",
+        "cost=macs",  # the cost column only: NAS-RL's reward has no cost term
         "train=candidate_cpu",
         f"train.epochs={args.epochs}",
         f"space.width_multiplier={args.width}",
+        f"data.resolution={args.resolution}",
         f"seed={seed}",
     ]
+    if args.layers is not None:
+        overrides.append(f"space.layers={args.layers}")
     with initialize_config_module(config_module="nascli.conf", version_base=None):
         cfg = compose("search", overrides=overrides)
-    space = get_space(cfg.space.name)
+    space = configured_space(cfg)
     net = network_settings(cfg)
     data = load_data(cfg.data)
     out = Path(args.out) / f"s{seed}"
-    identity = {"bench": "nasrl", "epochs": args.epochs, "width": args.width, "seed": seed}
+    identity = {"bench": "nasrl", "space": space.name, "epochs": args.epochs,
+                "width": args.width, "resolution": args.resolution, "seed": seed}  # fmt: skip
     evaluator = Evaluator(
         space, net, cfg.train, data, context("cpu"), seed, identity, Console(quiet=True), 5
     )
@@ -104,6 +111,9 @@ def run_seed(args: argparse.Namespace, seed: int, console: Console) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default="proxylessnas")
+    parser.add_argument("--layers", type=int, default=None, help="a NAS-RL space's depth")
+    parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--children", type=int, default=16)
     parser.add_argument("--per-step", type=int, default=4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -126,8 +136,9 @@ def main() -> None:
         )  # fmt: skip
     console.print(table)
     console.print(
-        f"{args.children} children per strategy and seed, {args.per_step} per controller step, "
-        f"{args.epochs} epoch(s) each, width ×{args.width}, {args.threads} thread(s)"
+        f"space {args.space}, {args.children} children per strategy and seed, {args.per_step} "
+        f"per controller step, {args.epochs} epoch(s) each, width ×{args.width}, "
+        f"{args.resolution} px, {args.threads} thread(s)"
     )
 
 

@@ -47,6 +47,13 @@ COMMANDS = {
         ["children.csv", "search_log.csv", "arch.json"],
         ["train_seconds", "seconds"],
     ),
+    "nasrl_space": (  # NAS-RL's own space, its anchor controller and depth schedule
+        ["search", "strategy=nasrl", "space=nasrl", "space.layers=3", "strategy.depth_start=1",
+         "strategy.depth_every=2", *TINY, "strategy.children_per_step=2", "strategy.steps=2",
+         "train.epochs=2", "train.checkpoint_every=3"],
+        ["children.csv", "search_log.csv", "arch.json"],
+        ["train_seconds", "seconds"],
+    ),
     "retrain": (
         ["retrain", "arch=proxylessnas_mobile", "data=digits", "data.resolution=16",
          "space.width_multiplier=0.25", "train.batch_size=64", "train.epochs=4",

@@ -19,6 +19,11 @@ Conventions (stated once, used everywhere):
   layer is not counted, the classifier is; the network's SRAM is the **maximum** over layers,
   never a sum. An SE's tensors are vectors far smaller than its depthwise conv's, so they never
   set a maximum and are left out.
+* **NAS-RL's layers** (`space=nasrl`): a layer's input is its channel concatenation (a new
+  tensor when it has several sources, smaller maps zero-padded), alive together with its
+  output and with every earlier output a later layer still reads (`LayerArgs.kept`), in the
+  peak memory and in the SRAM alike; the copy into the concatenation is not counted. The final
+  concatenation costs its output plus what is kept.
 * **Flash** (`flash`, int8) is the deployed model's weight bytes: every conv and linear weight
   at one byte, plus one int32 bias (4 bytes) per output channel of every conv and linear, into
   which the BN that follows it is folded (SE convs included). Quantisation scales and zero
@@ -64,8 +69,11 @@ def layer_cost(layer: LayerArgs) -> LayerCost:
     a_in, a_out = c_in * hw_in, c_out * hw_out
     kept = a_in if layer.residual else 0
     if layer.kind == "conv":
-        params = k * k * c_in * c_out + (c_out if layer.bias else 0) + _bn(c_out, layer.bn)
-        return LayerCost(params, k * k * c_in * c_out * hw_out, a_in + a_out)
+        kh, kw = layer.kernel_size
+        params = kh * kw * c_in * c_out + (c_out if layer.bias else 0) + _bn(c_out, layer.bn)
+        return LayerCost(params, kh * kw * c_in * c_out * hw_out, a_in + a_out + layer.kept)
+    if layer.kind == "concat":
+        return LayerCost(0, 0, a_out + layer.kept)
     if layer.kind == "sepconv":
         params = k * k * c_in + _bn(c_in) + c_in * c_out + _bn(c_out)
         macs = (k * k * c_in + c_in * c_out) * hw_out
@@ -101,7 +109,9 @@ def layer_sram(layer: LayerArgs) -> int:
     a_in, a_out = c_in * hw_in, c_out * hw_out
     kept = a_in if layer.residual else 0
     if layer.kind in ("conv", "linear"):
-        return a_in + a_out
+        return a_in + a_out + layer.kept
+    if layer.kind == "concat":
+        return a_out + layer.kept
     if layer.kind == "sepconv":  # depthwise on the input, then the 1×1 project
         depthwise = a_in + c_in * hw_out
         return max(depthwise + kept, c_in * hw_out + a_out)
@@ -121,7 +131,8 @@ def layer_flash(layer: LayerArgs) -> int:
     c_in, c_out, k = layer.in_channels, layer.out_channels, layer.kernel
     bias = INT32_BIAS
     if layer.kind in ("conv", "linear"):
-        size = k * k if layer.kind == "conv" else 1
+        kh, kw = layer.kernel_size
+        size = kh * kw if layer.kind == "conv" else 1
         return size * c_in * c_out + bias * c_out
     if layer.kind == "sepconv":
         return k * k * c_in + bias * c_in + c_in * c_out + bias * c_out
@@ -131,7 +142,7 @@ def layer_flash(layer: LayerArgs) -> int:
         if se:
             total += mid * se + bias * se + se * mid + bias * mid
         return total
-    if layer.kind == "gap":
+    if layer.kind in ("gap", "concat"):
         return 0
     raise ValueError(f"unknown layer kind {layer.kind!r}")
 

@@ -252,3 +252,37 @@ class CompiledCost:
                 value = value @ probabilities[position].to(torch.float64)
             total = total + value
         return total
+
+
+class DecodedCost:
+    """The `CompiledCost` interface for a space whose layer costs do not factor over a few
+    decisions (NAS-RL's, where a layer's input width is a sum over every earlier layer it
+    takes): each architecture is decoded and its layers' values summed (or maxed)."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        settings: NetworkSettings,
+        value: LayerValue,
+        reduce: str = "sum",
+    ):
+        if reduce not in ("sum", "max"):
+            raise ValueError(f"reduce must be sum or max, got {reduce!r}")
+        self.space, self.settings, self.value, self.reduce = space, settings, value, reduce
+
+    @property
+    def additive(self) -> bool:
+        return False  # no exact expectation under independent categoricals
+
+    def __call__(self, indices: torch.Tensor) -> torch.Tensor:
+        from nascli.space.network import decode
+
+        values = []
+        for row in indices.tolist():
+            layers = decode(self.space, tuple(row), self.settings).layers
+            per_layer = [self.value([layer]) for layer in layers]
+            values.append(max(per_layer) if self.reduce == "max" else sum(per_layer))
+        return torch.tensor(values, dtype=torch.float64)
+
+    def expected(self, probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
+        raise ValueError(f"{self.space.name}: costs here have no per-decision expectation")

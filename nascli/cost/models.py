@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from nascli.cost.analytic import layer_cost, layer_flash, layer_sram
-from nascli.cost.compiled import CompiledCost, LayerValue, layer_terms_many
+from nascli.cost.compiled import CompiledCost, DecodedCost, LayerValue, layer_terms_many
 from nascli.cost.lut import NO_CORRECTION, LookupTable, settings_meta
 from nascli.cost.pixel1 import Pixel1Model
 from nascli.cost.timing import Protocol, Timing, measure, protocol_from_config
@@ -94,15 +94,23 @@ def _analytic_value(metric: str, bytes_per_element: int = 4) -> LayerValue:
 
 
 @functools.cache
-def compiled_analytic(space: SearchSpace, settings: NetworkSettings, metric: str) -> CompiledCost:
+def compiled_analytic(
+    space: SearchSpace, settings: NetworkSettings, metric: str
+) -> CompiledCost | DecodedCost:
     return compiled_analytics(space, settings, (metric,))[metric]
 
 
 def compiled_analytics(
     space: SearchSpace, settings: NetworkSettings, metrics: tuple[str, ...]
 ) -> dict[str, CompiledCost]:
-    """Several analytic costs compiled together (each layer combination decoded once)."""
+    """Several analytic costs compiled together (each layer combination decoded once); in a
+    NAS-RL space, decoded per architecture."""
     values = [_analytic_value(metric) for metric in metrics]
+    if space.graph:
+        return {
+            metric: DecodedCost(space, settings, value, "max" if metric in PEAK_METRICS else "sum")
+            for metric, value in zip(metrics, values, strict=True)
+        }
     terms = layer_terms_many(space, settings, values)
     return {
         metric: CompiledCost(
@@ -144,6 +152,8 @@ class LutCost(Compiled):
 
     def __init__(self, space: SearchSpace, settings: NetworkSettings, table: LookupTable):
         super().__init__(space, settings)
+        if space.graph:
+            raise NascliError(LUT_GRAPH)
         self.table = table
         c = {**NO_CORRECTION, **table.correction}
 
@@ -192,6 +202,13 @@ def cached_lut_path(identity: dict) -> Path:
     return lut_cache_dir() / f"{identity['space']}-{identity['resolution']}px-{digest}.csv"
 
 
+#: Why a NAS-RL space has no latency table.
+LUT_GRAPH = (
+    "cost=lut covers the TuNAS spaces: a NAS-RL layer's input is a concatenation of any earlier "
+    "layers, so its time is not a function of a few decisions; use cost=measured or cost=macs"
+)
+
+
 def make_cost_model(
     cfg: Any, space: SearchSpace, settings: NetworkSettings, device: str = "cpu"
 ) -> CostModel:
@@ -200,6 +217,8 @@ def make_cost_model(
         return AnalyticCost(space, settings, cfg.name)
     if cfg.name == "tunas_pixel1":
         return Pixel1Cost(space, settings)
+    if cfg.name == "lut" and space.graph:
+        raise NascliError(LUT_GRAPH)
     protocol = protocol_from_config(cfg, device)
     if cfg.name == "measured":
         return MeasuredCost(space, settings, protocol)

@@ -142,6 +142,11 @@ class Pixel1Model:
     def __init__(self, space: SearchSpace):
         from nascli.space.depth import split_name
 
+        if space.graph:
+            raise NascliError(
+                f"cost=tunas_pixel1 models TuNAS's three spaces only, not {space.name}: use "
+                "cost=macs, cost=params or cost=measured"
+            )
         if split_name(space.name)[1] != 1:
             raise NascliError(
                 f"cost=tunas_pixel1 models TuNAS's three spaces only, not {space.name}: use "

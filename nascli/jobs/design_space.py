@@ -33,6 +33,8 @@ def run(cfg: DictConfig) -> None:
     console = RunConsole()
     widths, resolutions = design_grid(cfg)
     space = configured_space(cfg)
+    if space.graph:
+        raise NascliError("nascli design-space scales the TuNAS spaces (MCUNet's TinyNAS)")
     budgets = Budgets(cfg.board.sram, cfg.board.flash, cfg.cost.name, cfg.design.max_cost)
     if budgets.sram is None and budgets.flash is None and budgets.max_cost is None:
         raise NascliError("no budget: choose a board= or set board.sram=, board.flash= or "

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from nascli.config import (
     configured_space,
@@ -41,7 +41,7 @@ from nascli.search.evaluator import EvaluatorSpec, evaluate_in_processes
 from nascli.search.nasrl import NasrlSearch, NasrlSettings
 from nascli.search.policy import CategoricalPolicy, PolicyAdam, make_controller
 from nascli.search.tunas import default_target
-from nascli.space.arch import parse_indices
+from nascli.space.arch import graph_layers, parse_indices
 from nascli.space.network import decode
 from nascli.train.distributed import context, world_size
 
@@ -63,8 +63,17 @@ def run_nasrl(cfg: DictConfig) -> None:
     ctx = context(cfg.device)
     space = configured_space(cfg)
     net_settings = network_settings(cfg)
-    cost_model = make_cost_model(cfg.cost, space, net_settings)
-    target = default_target(cfg.cost.name, space.name, cfg.cost.target)
+    cost_cfg = cfg.cost
+    if space.graph and cost_cfg.name == "tunas_pixel1":  # the search's default cost group
+        # TuNAS's Pixel-1 model knows its own spaces only; NAS-RL's reward has no cost term,
+        # so the cost column falls back to MACs (said in the header).
+        cost_cfg = OmegaConf.merge(cost_cfg, {"name": "macs", "target": None})
+    if settings.depth_start is not None and not space.graph:
+        raise NascliError(
+            "strategy.depth_start (NAS-RL's depth schedule) needs a NAS-RL space: space=nasrl"
+        )
+    cost_model = make_cost_model(cost_cfg, space, net_settings)
+    target = default_target(cost_cfg.name, space.name, cost_cfg.target)
     controller_cfg = controller_settings(cfg)
     controller = make_controller(space, controller_cfg, "cpu", cfg.seed)
     if isinstance(controller, CategoricalPolicy):  # standard Adam over the logits
@@ -92,19 +101,36 @@ def run_nasrl(cfg: DictConfig) -> None:
             evaluate_in_processes(spec, jobs, settings.workers)
 
     search = NasrlSearch(
-        settings, controller, controller_cfg.lr, evaluator, cost_model, out, cfg.seed, pool
+        settings,
+        controller,
+        controller_cfg.lr,
+        evaluator,
+        cost_model,
+        out,
+        cfg.seed,
+        pool,
+        lambda child_space: make_cost_model(cost_cfg, child_space, net_settings),
     )
     epochs = min(settings.reward_epochs, cfg.train.epochs)
     header = (
         f"search {space.title} · strategy nasrl ({controller_cfg.name} controller, "
         f"{settings.children_per_step} children × {settings.steps} steps, reward (max valid "
         f"top-1 of the last {epochs} epoch(s))^{settings.reward_power:g}) · recipe "
-        f"{cfg.train.name} ({cfg.train.epochs} epochs) · data {data.name}"
+        f"{cfg.train.name} ({cfg.train.epochs} epochs) · data {data.name} · cost "
+        f"{cost_model.name}"
     )
+    if settings.depth_start is not None:
+        every = settings.depth_every or 1
+        header += (
+            f" · depth {settings.depth_start} layers, + {settings.depth_step} every {every} "
+            f"children, at most {graph_layers(space)}"
+        )
     rows, seconds = drive(search, out, fingerprint(cfg), console, header)
     best = search.best()
     if best is None:
         raise NascliError(f"every child failed; see {out}/children/*/error.txt")
+    best_indices = [int(v) for v in best["indices"].split(":")]
+    space = evaluator.space_of(best_indices)  # under a depth schedule, the child's own depth
     arch = parse_indices(space, best["indices"])
     network = decode(space, arch.indices, net_settings)
     cost = network_cost(network)

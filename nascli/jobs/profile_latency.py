@@ -17,12 +17,13 @@ from rich.table import Table
 
 from nascli.config import configured_network, configured_space, network_settings, run_directory
 from nascli.cost.analytic import network_cost
-from nascli.cost.models import cached_lut_path, measure_network
+from nascli.cost.models import LUT_GRAPH, cached_lut_path, measure_network
 from nascli.cost.profiler import TableBuilder, TableOptions
 from nascli.cost.timing import (
     Protocol,
     protocol_from_config,
 )
+from nascli.errors import NascliError
 from nascli.files import write_json
 from nascli.report import plots
 from nascli.report.console import RunConsole
@@ -115,6 +116,8 @@ def describe_correction(fit: dict[str, float]) -> str:
 def build_table(cfg: DictConfig, protocol: Protocol, console: Console, out: Path) -> None:
     started = time.perf_counter()
     space = configured_space(cfg)
+    if space.graph:
+        raise NascliError(LUT_GRAPH)
     settings = network_settings(cfg)
     c = cfg.cost
     options = TableOptions(

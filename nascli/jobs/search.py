@@ -79,6 +79,11 @@ def run_tunas(cfg: DictConfig) -> None:
     settings = TunasSettings.from_config(cfg.strategy)
     check_search_recipe(cfg.train)
     space = configured_space(cfg)
+    if space.graph:
+        raise NascliError(
+            f"strategy=tunas trains a weight-sharing supernet, which {space.name} has none of: "
+            "use strategy=nasrl, strategy=zen or nascli random-baseline"
+        )
     net_settings = network_settings(cfg)
     cost_model = make_cost_model(cfg.cost, space, net_settings, str(ctx.device))
     target = default_target(cfg.cost.name, space.name, cfg.cost.target)

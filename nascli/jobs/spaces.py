@@ -7,17 +7,17 @@ from rich.table import Table
 
 from nascli.report.tables import output_console
 from nascli.space.references import references_in
-from nascli.space.spaces import SPACES
+from nascli.space.spaces import ALL_SPACES
 
 
 def spaces_table() -> Table:
-    table = Table(title="Search spaces (TuNAS)", header_style="bold")
+    table = Table(title="Search spaces (TuNAS; NAS-RL)", header_style="bold")
     table.add_column("space", no_wrap=True)
     table.add_column("decisions", justify="right", min_width=9)
     table.add_column("indices length", justify="right")
     table.add_column("log10 size", justify="right")
     table.add_column("references", no_wrap=True)  # names a user copies: never split
-    for space in SPACES.values():
+    for space in ALL_SPACES.values():
         table.add_row(
             f"{space.name}\n[dim]{space.title}[/dim]",
             str(space.num_searched),

@@ -31,7 +31,7 @@ class ConvBNAct(nn.Sequential):
         self,
         in_channels: int,
         out_channels: int,
-        kernel: int,
+        kernel: int | tuple[int, int],
         *,
         resolution: int,
         stride: int = 1,
@@ -39,13 +39,16 @@ class ConvBNAct(nn.Sequential):
         bn: bool = True,
         act: str | None = None,
     ) -> None:
-        before, after = same_padding(kernel, stride, resolution)
+        kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+        top, bottom = same_padding(kh, stride, resolution)
+        left, right = same_padding(kw, stride, resolution)
         layers: list[nn.Module] = []
-        if before != after:
-            layers.append(nn.ZeroPad2d((before, after, before, after)))
-            before = 0
+        padding: tuple[int, int] = (top, left)
+        if (top, left) != (bottom, right):
+            layers.append(nn.ZeroPad2d((left, right, top, bottom)))
+            padding = (0, 0)
         conv = nn.Conv2d(
-            in_channels, out_channels, kernel, stride, before, groups=groups, bias=not bn
+            in_channels, out_channels, (kh, kw), stride, padding, groups=groups, bias=not bn
         )
         layers.append(conv)
         if bn:

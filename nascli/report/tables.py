@@ -33,11 +33,18 @@ def layer_rows(network: Network, cost: NetworkCost) -> list[dict[str, Any]]:
     layers = zip(network.layers, cost.layers, cost.layer_sram_bytes, strict=True)
     for layer, layer_cost, layer_sram in layers:
         kind = layer.kind + ("+x" if layer.residual else "")
+        kernel: Any = layer.kernel if layer.kind in ("conv", "sepconv", "ibn") else None
+        if layer.kernel_width and layer.kernel_width != layer.kernel:
+            kernel = f"{layer.kernel}x{layer.kernel_width}"
+        sources = [network.layers[p].name if p >= 0 else "image" for p in layer.inputs]
+        if sources:  # NAS-RL: the concatenated inputs
+            short = [name.removesuffix(".0").removeprefix("layer") for name in sources]
+            kind += " ← " + "+".join(short)  # layer numbers
         rows.append(
             {
                 "name": layer.name,
                 "type": kind,
-                "kernel": layer.kernel if layer.kind in ("conv", "sepconv", "ibn") else None,
+                "kernel": kernel,
                 "expansion": layer.expansion if layer.kind == "ibn" else None,
                 "se": bool(layer.se_channels),
                 "stride": layer.stride,
@@ -52,6 +59,8 @@ def layer_rows(network: Network, cost: NetworkCost) -> list[dict[str, Any]]:
                 "sram_bytes": layer_sram,
             }
         )
+        if sources:
+            rows[-1]["inputs"] = sources
     return rows
 
 
@@ -74,8 +83,9 @@ def human(value: float, unit: str = "", digits: int = 3) -> str:
 def layer_table(network: Network, cost: NetworkCost, title: str) -> Table:
     table = Table(title=title, show_footer=True, header_style="bold")
     table.caption = (
-        "+x: residual · res: output resolution · MACs: multiply-accumulates · SRAM: int8 "
-        "activation bytes the layer needs (MCUNet's convention; the network's is the maximum)"
+        "+x: residual · ← inputs, concatenated · res: output resolution · MACs: "
+        "multiply-accumulates · SRAM: int8 activation bytes the layer needs (MCUNet's "
+        "convention; the network's is the maximum)"
     )
     totals = {
         "name": "total",

@@ -27,7 +27,7 @@ from nascli.data.source import DataSource, load_data
 from nascli.errors import NascliError
 from nascli.files import write_json
 from nascli.nn.builder import build_model
-from nascli.space.arch import format_indices, get_space
+from nascli.space.arch import format_indices, get_space, graph_prefix_space
 from nascli.space.network import NetworkSettings, decode
 from nascli.space.spaces import SearchSpace
 from nascli.train.distributed import Context, context
@@ -68,13 +68,20 @@ class Evaluator:
         self.identity = identity
         self.console = console
 
+    def space_of(self, indices: Sequence[int]) -> SearchSpace:
+        """The space `indices` belong to: `space`, or in a NAS-RL space grown by a depth
+        schedule, the shallower space whose indices are their prefix."""
+        if self.space.graph and len(indices) != self.space.num_decisions:
+            return graph_prefix_space(self.space, len(indices))
+        return self.space
+
     def evaluate(self, indices: Sequence[int], run_dir: Path) -> dict[str, Any]:
         """Train `indices` in `run_dir` (resuming; returning a stored result), return its
         status, valid top-1 (last epoch and best), params, MACs, train seconds and images."""
         result_path = run_dir / "result.json"
         if result_path.exists():
             return json.loads(result_path.read_text())
-        network = decode(self.space, tuple(indices), self.net_settings)
+        network = decode(self.space_of(indices), tuple(indices), self.net_settings)
         cost = network_cost(network)
         torch.manual_seed(self.seed)
         model = build_model(network)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from nascli.search.policy import Controller, ControllerSettings, ancestors
+from nascli.space.schema import INPUT
 from nascli.space.spaces import SearchSpace
 
 
@@ -103,7 +104,10 @@ class LSTMController(Controller):
             logits = output @ self.head_weight[t].T + self.head_bias[t]
         else:
             logits = torch.einsum("btn,tcn->btc", output, self.head_weight[t]) + self.head_bias[t]
-        valid = self.valid[t]
+        return self._shape(logits, self.valid[t])
+
+    def _shape(self, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """ENAS's optional shaping, then the options a decision does not have masked out."""
         s = self.settings
         if s.temperature is not None:
             logits = logits / s.temperature
@@ -189,12 +193,12 @@ class LSTMController(Controller):
             chosen, _ = self._chosen_and_entropy(indices)
         return (chosen * self._counted(indices, counted)).sum(dim=1).double()
 
-    def entropy(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B,) the sum over active decisions of each step's entropy given the architecture's
-        earlier tokens (the entropy of the controller along that architecture's path)."""
+    def entropy(self, indices: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) the sum over active (or `counted`) decisions of each step's entropy given the
+        architecture's earlier tokens (the controller's entropy along that path)."""
         with torch.no_grad():
             _, entropy = self._chosen_and_entropy(indices)
-        return (entropy * self._counted(indices, None)).sum(dim=1).double()
+        return (entropy * self._counted(indices, counted)).sum(dim=1).double()
 
     def update(
         self,
@@ -232,3 +236,136 @@ class LSTMController(Controller):
             for parameter, value in zip(self.params, state["parameters"], strict=True):
                 parameter.copy_(value)
         self.optimizer.load_state_dict(state["adam"])
+
+
+class AnchorLSTMController(LSTMController):
+    """NAS-RL's controller over a space with skip-connection decisions (Zoph & Le 2017, §3.3):
+    after each layer's tokens (filter height, width, stride, filters) the LSTM takes one more
+    step, the layer's **anchor point**, whose output h_i is kept. Whether earlier layer j is an
+    input of layer i is an independent Bernoulli with
+
+        P(j → i) = sigmoid(vᵀ tanh(W_prev·h_j + W_curr·h_i)),
+
+    one per earlier layer (any subset, the empty one included; not a softmax over j). It is
+    stored as two logits [0, a] (the same Bernoulli), so ENAS's optional shaping applies to a.
+    The paper does not say what is fed back after an anchor point; nascli feeds ENAS's choice:
+    the mean Σ_selected h_j / (1 + #selected) (for the first layer, the start input)."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        settings: ControllerSettings,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ):
+        super().__init__(space, settings, device, seed)
+        if any(ancestors(space)):
+            raise ValueError(f"{space.name}: anchor points need a space without nested choices")
+        self.plan = anchor_plan(space, self.order.tolist())
+        generator = torch.Generator().manual_seed(seed + 1)
+        hidden, r = settings.hidden, settings.init_range
+
+        def uniform(*shape: int) -> nn.Parameter:
+            values = (torch.rand(*shape, generator=generator, dtype=torch.float32) * 2 - 1) * r
+            return nn.Parameter(values.to(self.device))
+
+        self.w_prev, self.w_curr, self.v = (
+            uniform(hidden, hidden),
+            uniform(hidden, hidden),
+            uniform(hidden),
+        )
+        extra = [self.w_prev, self.w_curr, self.v]
+        self.params += extra
+        self.optimizer.add_param_group({"params": extra})
+
+    def _walk(
+        self,
+        num: int,
+        tokens: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        temperature: float | None = None,
+        greedy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the controller over every step: the (B, D) tokens (sampled, greedy, or the given
+        `tokens` in controller order, fed back) and the (B, D, C) log-probabilities of every
+        decision's options, in controller order."""
+        width = self.valid.shape[1]
+        out = torch.zeros(num, len(self.order), dtype=torch.long, device=self.device)
+        logps: list[torch.Tensor | None] = [None] * len(self.order)
+        x = self.start.expand(num, 1, -1)
+        state = None
+        anchors: list[torch.Tensor] = []
+        keys: list[torch.Tensor] = []
+
+        def choose(t: int, logits: torch.Tensor) -> torch.Tensor:
+            logp = logits.log_softmax(dim=1)
+            logps[t] = torch.nn.functional.pad(logp, (0, width - logp.shape[1]), value=-torch.inf)
+            if tokens is not None:
+                token = tokens[:, t]
+            elif greedy:
+                token = logp.argmax(dim=1)
+            else:
+                detached = logp.detach().float()
+                probs = (detached / temperature if temperature else detached).softmax(dim=1)
+                token = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0]
+            out[:, t] = token.to(self.device)
+            return out[:, t]
+
+        for layer_tokens, layer_inputs in self.plan:
+            for t in layer_tokens:
+                output, state = self.lstm(x, state)
+                token = choose(t, self._logits(t, output[:, 0]))
+                x = self.embedding[self.offsets[t] + token].unsqueeze(1)
+            output, state = self.lstm(x, state)  # the layer's anchor point
+            h = output[:, 0]
+            query = h @ self.w_curr.T
+            total = torch.zeros_like(h)
+            count = torch.zeros(num, 1, device=self.device)
+            for t, source in layer_inputs:
+                a = torch.tanh(keys[source] + query) @ self.v
+                logits = torch.stack([torch.zeros_like(a), a], dim=1)
+                token = choose(t, self._shape(logits, self.valid[t, :2]))
+                picked = token.to(h.dtype).unsqueeze(1)
+                total, count = total + picked * anchors[source], count + picked
+            x = (total / (1 + count)).unsqueeze(1) if anchors else self.start.expand(num, 1, -1)
+            anchors.append(h)
+            keys.append(h @ self.w_prev.T)
+        return out, torch.stack(logps, dim=1)
+
+    @torch.no_grad()
+    def _decode(
+        self,
+        num: int,
+        generator: torch.Generator | None,
+        temperature: float | None,
+        greedy: bool,
+    ) -> torch.Tensor:
+        tokens, _ = self._walk(num, None, generator, temperature, greedy)
+        indices = torch.empty_like(tokens)
+        indices[:, self.order] = tokens
+        return indices
+
+    def _teacher_forced(self, indices: torch.Tensor) -> torch.Tensor:
+        tokens = indices.to(self.device)[:, self.order]
+        return self._walk(len(indices), tokens)[1]
+
+
+def anchor_plan(
+    space: SearchSpace, order: list[int]
+) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Per layer, in network order: the controller steps of its tokens, then (step, source
+    layer) of its skip-connection decisions. Decision paths name them: `<layer>.inputs.<j>`."""
+    layers: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
+    for t, position in enumerate(order):
+        decision = space.decisions[position]
+        if decision.tag == INPUT:
+            layer, _, source = decision.path.rpartition(".inputs.")
+            layers[layer][1].append((t, int(source)))
+        else:
+            layer = decision.path.rpartition(".")[0]
+            if layer not in layers:
+                layers[layer] = ([], [])
+            if layers[layer][1]:
+                raise ValueError(f"{decision.path}: a layer's token after its skip connections")
+            layers[layer][0].append(t)
+    return list(layers.values())

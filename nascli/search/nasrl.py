@@ -35,8 +35,9 @@ from nascli.search.evaluator import Evaluator
 from nascli.search.policy import Controller
 from nascli.search.rewards import EmaBaseline
 from nascli.settings import check_fields, option
-from nascli.space.arch import format_indices
+from nascli.space.arch import format_indices, graph_layers, graph_prefix_space_of_depth
 from nascli.space.network import decode
+from nascli.space.spaces import SearchSpace
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,23 @@ class NasrlSettings(BudgetSettings):
     #: hard budgets (BudgetSettings): a child over one is not trained and gets this reward
     #: (MnasNet's hard constraint: the lowest reward there is, since rewards lie in [0, 1])
     over_budget_reward: float = option(0.0, ge=-1000, le=1000)
+    #: NAS-RL's depth schedule (§4.1: 6 layers, + 2 every 1,600 children), NAS-RL spaces
+    #: only: child n has min(space.layers, depth_start + depth_step · ⌊n / depth_every⌋)
+    #: layers. None: every child has space.layers.
+    depth_start: int | None = option(None, ge=1, le=200)
+    depth_every: int | None = option(None, ge=1, le=10_000_000)
+    depth_step: int = option(2, ge=1, le=200)
 
     @classmethod
     def from_config(cls, cfg: Any) -> NasrlSettings:
         return cls(**check_fields(cls, dict(cfg), "strategy"))
+
+    def depth(self, child: int, layers: int) -> int:
+        """Layers of child number `child` (0-based) in a space of at most `layers`."""
+        if self.depth_start is None:
+            return layers
+        every = self.depth_every or 1
+        return min(layers, self.depth_start + self.depth_step * (child // every))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +96,7 @@ class NasrlSearch(Strategy):
         out: Path,
         seed: int,
         pool: Callable[[list[tuple[Sequence[int], Path]]], object] | None = None,
+        make_cost_model: Callable[[SearchSpace], CostModel] | None = None,
     ):
         """`pool`, when given, trains a whole step's children at once (in worker processes)
         as soon as the step's batch is drawn; each child's unit then collects its result."""
@@ -91,6 +106,8 @@ class NasrlSearch(Strategy):
         self.lr = lr
         self.evaluator = evaluator
         self.cost_model = cost_model
+        self.make_cost_model = make_cost_model
+        self._cost_models: dict[str, CostModel] = {}
         self.out = out
         self.seed = seed
         self.baseline = EmaBaseline(settings.baseline_decay)
@@ -109,9 +126,20 @@ class NasrlSearch(Strategy):
 
     def _sample_batch(self, step: int) -> list[list[int]]:
         """The step's m architectures, from a generator keyed by (seed, step): a resumed run
-        draws the same ones."""
+        draws the same ones. Under a depth schedule each is the prefix of a full-depth sample
+        that holds its layers (an autoregressive controller's prefix has the same law)."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        return self.controller.sample(self.settings.children_per_step, generator).tolist()
+        m = self.settings.children_per_step
+        sampled = self.controller.sample(m, generator).tolist()
+        return [row[: self._length(step * m + k)] for k, row in enumerate(sampled)]
+
+    def _length(self, child: int) -> int:
+        """How many indices child number `child` has (all of them without a depth schedule)."""
+        space = self.controller.space
+        if not space.graph or self.settings.depth_start is None:
+            return space.num_decisions
+        depth = self.settings.depth(child, graph_layers(space))
+        return graph_prefix_space_of_depth(space, depth).num_decisions
 
     def advance(self) -> dict[str, Any] | None:
         m = self.settings.children_per_step
@@ -137,7 +165,8 @@ class NasrlSearch(Strategy):
                 "child": number,
                 "step": step,
                 "indices": format_indices(indices),
-                "cost": self.cost_model.cost(tuple(indices)),
+                "layers": graph_layers(self.evaluator.space_of(indices)) or None,
+                "cost": self.cost_of(indices),
                 "reward": reward,
                 **result,
             }
@@ -150,8 +179,18 @@ class NasrlSearch(Strategy):
         limits = limits_of(self.settings)
         if not limits:
             return None
-        network = decode(self.evaluator.space, tuple(indices), self.evaluator.net_settings)
+        space = self.evaluator.space_of(indices)
+        network = decode(space, tuple(indices), self.evaluator.net_settings)
         return first_exceeded(network_cost(network), limits)
+
+    def cost_of(self, indices: Sequence[int]) -> float:
+        """The child's cost under the run's cost model (of its own depth's space)."""
+        space = self.evaluator.space_of(indices)
+        if space is self.cost_model.space:
+            return self.cost_model.cost(tuple(indices))
+        if space.name not in self._cost_models:
+            self._cost_models[space.name] = self.make_cost_model(space)
+        return self._cost_models[space.name].cost(tuple(indices))
 
     def _run_dir(self, number: int) -> Path:
         return self.out / "children" / str(number)
@@ -159,13 +198,17 @@ class NasrlSearch(Strategy):
     def _update(self, step: int) -> dict[str, Any]:
         """REINFORCE on the step's m children: baseline first, then advantages, one step."""
         rows = self.children[-self.settings.children_per_step :]
-        indices = torch.tensor(self.batch)  # the step's children, in order
-        entropy = self.controller.entropy(indices)  # no gradient (ENAS: stop-gradient)
+        # The step's children, in order, padded to full depth; only their own decisions count.
+        full = self.controller.space.num_decisions
+        indices = torch.tensor([row + [0] * (full - len(row)) for row in self.batch])
+        lengths = torch.tensor([len(row) for row in self.batch])
+        counted = self.controller.active(indices) & (torch.arange(full) < lengths[:, None])
+        entropy = self.controller.entropy(indices, counted)  # no gradient (ENAS: stop-gradient)
         rewards = torch.tensor([r["reward"] for r in rows], dtype=torch.float64)
         rewards = rewards + self.settings.entropy_weight * entropy
         baseline = self.baseline.update(float(rewards.mean()))
         advantages = rewards - baseline
-        self.controller.update(indices, advantages, self.controller.active(indices), self.lr)
+        self.controller.update(indices, advantages, counted, self.lr)
         done = [c["best_valid_top1"] for c in self.children if c["status"] == "done"]
         return {
             "step": step,

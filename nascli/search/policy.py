@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from nascli.settings import check_fields, option
-from nascli.space.schema import FILTERS, OP, Block, OneOf, Residual
+from nascli.space.schema import FILTERS, INPUT, OP, Block, OneOf, Residual
 from nascli.space.spaces import SearchSpace
 
 
@@ -92,8 +92,10 @@ def make_controller(
     """The controller `settings` names: TuNAS's categoricals (the caller gives them their
     `PolicyAdam`), or NAS-RL's LSTM (`nascli/search/lstm.py`) with its own Adam."""
     if settings.name == "lstm":
-        from nascli.search.lstm import LSTMController
+        from nascli.search.lstm import AnchorLSTMController, LSTMController
 
+        if any(d.tag == INPUT for d in space.decisions):  # NAS-RL's skip connections
+            return AnchorLSTMController(space, settings, device, seed)
         return LSTMController(space, settings, device, seed)
     return CategoricalPolicy(space, device)
 
@@ -138,8 +140,8 @@ class Controller(ABC):
         """(B,) log-probability of each architecture over its active (or `counted`) decisions."""
 
     @abstractmethod
-    def entropy(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B,) entropy over each architecture's active decisions."""
+    def entropy(self, indices: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) entropy over each architecture's active decisions (or the `counted` ones)."""
 
     @abstractmethod
     def argmax(self) -> torch.Tensor:
@@ -226,9 +228,11 @@ class CategoricalPolicy(Controller):
         logp = self.log_probs()
         return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(dim=1)
 
-    def entropy(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B,) hierarchical entropy: per-node entropies summed over active decisions."""
-        return (self.node_entropy()[None, :] * self.active(indices)).sum(dim=1)
+    def entropy(self, indices: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) hierarchical entropy: per-node entropies summed over active decisions (or the
+        `counted` ones)."""
+        mask = self.active(indices) if counted is None else counted
+        return (self.node_entropy()[None, :] * mask).sum(dim=1)
 
     # ---------------------------------------------------------------- gradients
     def loss_gradients(

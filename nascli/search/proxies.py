@@ -36,7 +36,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from nascli.cost.analytic import NetworkCost, count_macs, count_params, network_cost
 from nascli.errors import NascliError
-from nascli.nn.builder import build_model
+from nascli.nn.builder import before_pooling, build_model
 from nascli.settings import check_fields, option
 from nascli.space.network import Network
 
@@ -508,7 +508,6 @@ def scorable(network: Network, cost: NetworkCost | None = None) -> Scorable:
     model.to_empty(device="cpu")
     s = network.settings
     cost = cost if cost is not None else network_cost(network)
-    pool = [layer.kind for layer in network.layers].index("gap")
-    features = model.features[:pool]  # everything before the global average pool
+    features = before_pooling(model)
     shape = (s.in_channels, s.resolution, s.resolution)
     return Scorable(model, features, shape, s.num_classes, cost.params, cost.macs)

@@ -11,20 +11,79 @@ import torch
 from nascli.errors import NascliError
 from nascli.space.depth import deepen_indices, deepen_space, split_name
 from nascli.space.references import references_in
-from nascli.space.spaces import SPACES, SearchSpace
+from nascli.space.schema import GraphConv
+from nascli.space.spaces import ALL_SPACES, GRAPH_SPACES, SPACES, SearchSpace, nasrl
+
+LAYERS_SEPARATOR = "@layers"
+#: The most layers a NAS-RL space may have (the paper's largest network has 39).
+MAX_LAYERS = 200
 
 
-def get_space(name: str, depth_multiplier: float = 1.0) -> SearchSpace:
-    """The space `name` (a deepened one's name, `<space>@depth<d>`, included), deepened by
-    `depth_multiplier` (see `nascli.space.depth`)."""
+def _graph_space(name: str, layers: int | None) -> SearchSpace:
+    """`nasrl` / `nasrl_strides`, or `<one of them>@layers<N>`, at `layers` layers if given."""
+    base, found, count = name.partition(LAYERS_SEPARATOR)
+    if found:
+        if not count.isdigit() or not 1 <= int(count) <= MAX_LAYERS:
+            raise NascliError(f"space {name!r}: the layer count must be 1–{MAX_LAYERS}")
+        if layers is not None and layers != int(count):
+            raise NascliError(f"space {name!r} has {count} layers, not space.layers={layers}")
+        layers = int(count)
+    if layers is None:
+        return GRAPH_SPACES[base]
+    if not 1 <= layers <= MAX_LAYERS:
+        raise NascliError(f"space.layers={layers}: must be 1–{MAX_LAYERS}")
+    return nasrl(layers, predict_strides=base == "nasrl_strides")
+
+
+def graph_prefix_space(space: SearchSpace, length: int) -> SearchSpace:
+    """The NAS-RL space whose indices are the first `length` of `space`'s: the same space with
+    fewer layers (a layer's decisions never depend on the layers after it)."""
+    if length == space.num_decisions:
+        return space
+    base = space.name.partition(LAYERS_SEPARATOR)[0]
+    for layers in range(1, MAX_LAYERS + 1):
+        shallower = _graph_space(base, layers)
+        if shallower.num_decisions == length:
+            return shallower
+        if shallower.num_decisions > length:
+            break
+    raise NascliError(f"{length} indices are no depth of space {space.name}")
+
+
+def graph_layers(space: SearchSpace) -> int:
+    """The number of NAS-RL layers of `space` (0 for the TuNAS spaces)."""
+    return sum(
+        1 for block in space.blocks for layer in block.layers if isinstance(layer, GraphConv)
+    )
+
+
+def graph_prefix_space_of_depth(space: SearchSpace, layers: int) -> SearchSpace:
+    """`space` (a NAS-RL space) at `layers` layers."""
+    if layers == graph_layers(space):
+        return space
+    return _graph_space(space.name.partition(LAYERS_SEPARATOR)[0], layers)
+
+
+def get_space(name: str, depth_multiplier: float = 1.0, layers: int | None = None) -> SearchSpace:
+    """The space `name` (a deepened one's name, `<space>@depth<d>`, and a NAS-RL space's
+    `<space>@layers<N>` included), deepened by `depth_multiplier` (see `nascli.space.depth`);
+    `layers` sets a NAS-RL space's depth."""
+    if name.partition(LAYERS_SEPARATOR)[0] in GRAPH_SPACES:
+        if depth_multiplier != 1:
+            raise NascliError(
+                f"space {name}: depth_multiplier applies to the TuNAS spaces; set space.layers"
+            )
+        return _graph_space(name, layers)
     try:
         base, depth = split_name(name)
     except ValueError as error:
         raise NascliError(str(error)) from None
     if base not in SPACES:
-        raise NascliError(f"unknown search space {name!r}; available: {', '.join(SPACES)}")
+        raise NascliError(f"unknown search space {name!r}; available: {', '.join(ALL_SPACES)}")
     if depth_multiplier < 1:
         raise NascliError(f"depth multiplier {depth_multiplier:g}: must be ≥ 1")
+    if layers is not None:
+        raise NascliError(f"space {name}: space.layers applies to the NAS-RL spaces only")
     return deepen_space(SPACES[base], depth * depth_multiplier)
 
 
@@ -105,6 +164,8 @@ def space_of(spec: str) -> str | None:
         return None
     if not isinstance(space, str):
         return None
+    if space.partition(LAYERS_SEPARATOR)[0] in GRAPH_SPACES:
+        return space
     try:
         return space if split_name(space)[0] in SPACES else None
     except ValueError:

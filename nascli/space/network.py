@@ -17,6 +17,8 @@ from nascli.space.schema import (
     Conv,
     Endpoint,
     GlobalAvgPool,
+    GraphConv,
+    GraphOutput,
     InvertedBottleneck,
     Residual,
     SepConv,
@@ -83,7 +85,7 @@ class LayerArgs:
     """One concrete layer of a standalone network."""
 
     name: str
-    kind: str  # conv | sepconv | ibn | gap | linear
+    kind: str  # conv | sepconv | ibn | gap | linear | concat
     in_channels: int
     out_channels: int
     in_resolution: int
@@ -96,6 +98,18 @@ class LayerArgs:
     act: str | None = None
     bn: bool = True
     residual: bool = False
+    kernel_width: int = 0  # a conv's kernel width when it is not square (0: `kernel`)
+    #: positions in the layer list whose outputs, channel-concatenated (smaller maps
+    #: zero-padded to the largest), are this layer's input; -1 is the image; empty: the
+    #: previous layer's output
+    inputs: tuple[int, ...] = ()
+    #: elements of other activations alive while this layer runs (earlier outputs a later
+    #: layer still reads), beyond the layer's own input and output
+    kept: int = 0
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return self.kernel, self.kernel_width or self.kernel
 
     @property
     def bias(self) -> bool:
@@ -141,12 +155,25 @@ class _Decoder:
         self.channels = settings.in_channels
         self.resolution = settings.resolution
         self.layers: list[LayerArgs] = []
+        self.graph: list[int] = []  # positions of the graph layers' outputs, in layer order
+        self.used: set[int] = set()  # graph outputs some later layer takes as an input
 
     def stride(self, stride: int) -> int:
         if stride > 1 and self.drop_strides > 0:
             self.drop_strides -= 1
             return 1
         return stride
+
+    def gather(self, sources: list[int]) -> tuple[int, ...]:
+        """Make `sources` (layer positions, -1 the image) the next layer's input: sets the
+        incoming channels (their sum) and resolution (the largest, after zero-padding)."""
+        if sources == [-1]:
+            self.channels, self.resolution = self.settings.in_channels, self.settings.resolution
+        else:
+            picked = [self.layers[p] for p in sources]
+            self.channels = sum(layer.out_channels for layer in picked)
+            self.resolution = max(layer.out_resolution for layer in picked)
+        return tuple(sources)
 
     def emit(self, name: str, kind: str, out_channels: int, stride: int = 1, **kw) -> LayerArgs:
         out_resolution = 1 if kind == "gap" else _spatial_out(self.resolution, stride)
@@ -168,11 +195,12 @@ class _Decoder:
         return self.emit("classifier", "linear", self.settings.num_classes, bn=False)
 
     def block(self, block: Block) -> None:
-        width = block_width(block.filters, self.settings)
+        # NAS-RL's layers carry their own widths (their blocks have none)
+        width = None if block.filters is None else block_width(block.filters, self.settings)
         for i, layer in enumerate(block.layers):
             self.layer(f"{block.name}.{i}", layer, width)
 
-    def layer(self, name: str, layer, width: int, residual: bool = False) -> None:
+    def layer(self, name: str, layer, width: int | None, residual: bool = False) -> None:
         if isinstance(layer, Residual):
             if isinstance(layer.layer, Zero):
                 return  # a skipped layer is an identity
@@ -200,6 +228,20 @@ class _Decoder:
             self.layers[-1] = replace(previous, act=layer.name)
         elif isinstance(layer, GlobalAvgPool):
             self.emit(name, "gap", self.channels, bn=False)
+        elif isinstance(layer, GraphConv):
+            chosen = [j for j, taken in enumerate(layer.inputs) if taken]
+            self.used.update(chosen)
+            sources = [self.graph[j] for j in chosen] or [-1]  # rule 1: no input, the image
+            inputs = self.gather(sources)
+            width = max(1, round(layer.filters * self.settings.width_multiplier))
+            kw = {"kernel": layer.kernel_height, "kernel_width": layer.kernel_width}
+            kw |= {"act": "relu", "inputs": inputs}
+            self.emit(name, "conv", width, layer.stride, **kw)
+            self.graph.append(len(self.layers) - 1)
+        elif isinstance(layer, GraphOutput):  # rule 2: every unused output reaches the end
+            unused = [p for i, p in enumerate(self.graph) if i not in self.used]
+            inputs = self.gather(unused)
+            self.emit(name, "concat", self.channels, bn=False, inputs=inputs)
         elif isinstance(layer, Endpoint):
             return
         else:
@@ -213,4 +255,29 @@ def decode(space: SearchSpace, indices: tuple[int, ...], settings: NetworkSettin
     for block in resolved:
         decoder.block(block)
     decoder.classifier()
-    return Network(space.name, tuple(indices), settings, tuple(decoder.layers))
+    layers = decoder.layers
+    if decoder.graph:
+        layers = _with_kept(layers)
+    return Network(space.name, tuple(indices), settings, tuple(layers))
+
+
+def _elements(layer: LayerArgs) -> int:
+    return layer.out_channels * layer.out_resolution**2
+
+
+def _with_kept(layers: list[LayerArgs]) -> list[LayerArgs]:
+    """Each layer's `kept`: the outputs of earlier layers that a later layer still reads (not
+    counting the layer's input when it is one of them, unconcatenated and unpadded)."""
+    last_read: dict[int, int] = {}
+    for position, layer in enumerate(layers):
+        sources = layer.inputs or ((position - 1,) if position else ())
+        for source in sources:
+            if source >= 0:
+                last_read[source] = position
+    out = []
+    for position, layer in enumerate(layers):
+        alive = [s for s, last in last_read.items() if s < position < last]
+        sole = layer.inputs[0] if len(layer.inputs) == 1 else None
+        kept = sum(_elements(layers[s]) for s in alive if s != sole)
+        out.append(replace(layer, kept=kept))
+    return out

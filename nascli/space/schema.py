@@ -23,6 +23,8 @@ from typing import Any
 OP = "op"
 #: Tag of choices between widths (expansion ratios, block output widths).
 FILTERS = "filters"
+#: Tag of NAS-RL's skip connections: "is layer j an input of layer i" (False / True).
+INPUT = "input"
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class OneOf:
     def __post_init__(self) -> None:
         if not self.choices:
             raise ValueError("OneOf needs at least one choice")
-        if self.tag not in (OP, FILTERS):
+        if self.tag not in (OP, FILTERS, INPUT):
             raise ValueError(f"unknown OneOf tag {self.tag!r}")
 
 
@@ -77,6 +79,27 @@ class Activation:
     """A stand-alone activation entry (`relu` or `swish6`, i.e. h-swish)."""
 
     name: str
+
+
+@dataclass(frozen=True)
+class GraphConv:
+    """A NAS-RL layer (Zoph & Le 2017, §3.1 and §3.3): a `kernel_height`×`kernel_width` conv
+    with `filters` outputs and `stride`, then BN and ReLU. Its input is the channel
+    concatenation of the earlier layers its `inputs` select (one False/True decision per earlier
+    layer, in layer order; smaller maps zero-padded to the largest), or the image when none is
+    selected."""
+
+    kernel_height: Any
+    kernel_width: Any
+    stride: Any
+    filters: Any
+    inputs: tuple = ()
+
+
+@dataclass(frozen=True)
+class GraphOutput:
+    """NAS-RL's final layer (§3.3): the concatenation of every layer output that no layer took
+    as an input, zero-padded to the largest map."""
 
 
 @dataclass(frozen=True)

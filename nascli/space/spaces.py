@@ -7,12 +7,14 @@ in TuNAS, because the Pixel-1 cost model's features walk over them.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from functools import cached_property
 
 from nascli.space.schema import (
     FILTERS,
+    INPUT,
     OP,
     Activation,
     Block,
@@ -20,6 +22,8 @@ from nascli.space.schema import (
     Decision,
     Endpoint,
     GlobalAvgPool,
+    GraphConv,
+    GraphOutput,
     InvertedBottleneck,
     OneOf,
     Residual,
@@ -72,6 +76,12 @@ class SearchSpace:
         resolved = resolve(self.blocks, iter([0] * self.num_decisions))
         layers = [layer for block in resolved for layer in block.layers]
         return tuple(s for layer in layers if (s := getattr(layer, "stride", 1)) > 1)
+
+    @cached_property
+    def graph(self) -> bool:
+        """Whether layers take concatenations of earlier layers (NAS-RL's space): such a space
+        has no weight-sharing supernet and no per-block compiled costs."""
+        return any(isinstance(layer, GraphConv) for block in self.blocks for layer in block.layers)
 
     @property
     def num_decisions(self) -> int:
@@ -181,8 +191,52 @@ def mnv3() -> SearchSpace:
     return SearchSpace("mnv3", "MobileNetV3-like", tuple(blocks))
 
 
+# --- NAS-RL's CIFAR-10 space ------------------------------------------------------------------
+
+NASRL_KERNELS = (1, 3, 5, 7)
+NASRL_FILTERS = (24, 36, 48, 64)
+NASRL_STRIDES = (1, 2, 3)
+#: NAS-RL's search starts at 6 layers (§4.1); `space.layers` sets another depth.
+NASRL_LAYERS = 6
+
+
+@functools.cache  # one object per depth: its derived tables are computed once
+def nasrl(layers: int = NASRL_LAYERS, predict_strides: bool = False) -> SearchSpace:
+    """NAS-RL's CIFAR-10 space (Zoph & Le 2017, §4.1): `layers` conv layers, each choosing its
+    filter height and width in {1, 3, 5, 7}, its number of filters in {24, 36, 48, 64}, its
+    stride (fixed to 1, or predicted in {1, 2, 3}) and, with one decision per earlier layer,
+    which earlier layers are its inputs (§3.3). Per layer the decisions come in the paper's
+    token order: height, width, stride, filters, then the skip connections. The layers' unused
+    outputs are concatenated, globally pooled and classified."""
+    if layers < 1:
+        raise ValueError("a NAS-RL space needs at least one layer")
+    stride = OneOf(NASRL_STRIDES if predict_strides else (1,), OP)
+    blocks = []
+    for i in range(layers):
+        layer = GraphConv(
+            kernel_height=OneOf(NASRL_KERNELS, OP),
+            kernel_width=OneOf(NASRL_KERNELS, OP),
+            stride=stride,
+            filters=OneOf(NASRL_FILTERS, FILTERS),
+            inputs=tuple(OneOf((False, True), INPUT) for _ in range(i)),
+        )
+        blocks.append(Block(f"layer{i + 1}", (layer,), None))
+    blocks.append(Block("head", (GraphOutput(), GlobalAvgPool()), None))
+    base = "nasrl_strides" if predict_strides else "nasrl"
+    name = base if layers == NASRL_LAYERS else f"{base}@layers{layers}"
+    title = f"NAS-RL, {layers} layers" + (", predicted strides" if predict_strides else "")
+    return SearchSpace(name, title, tuple(blocks))
+
+
 SPACES = {
     "proxylessnas": proxylessnas(),
     "proxylessnas_enlarged": proxylessnas_enlarged(),
     "mnv3": mnv3(),
 }
+#: Multi-trial spaces: no weight-sharing supernet, no TuNAS cost model (`SearchSpace.graph`).
+GRAPH_SPACES = {
+    "nasrl": nasrl(NASRL_LAYERS, predict_strides=False),
+    "nasrl_strides": nasrl(NASRL_LAYERS, predict_strides=True),
+}
+#: Every space by base name.
+ALL_SPACES = {**SPACES, **GRAPH_SPACES}
