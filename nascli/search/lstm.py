@@ -73,13 +73,8 @@ class LSTMController(Controller):
         self.offsets = offsets[:-1].to(self.device)
         self.inactive_row = (self.offsets + sizes).to(self.device)
         self.valid = torch.arange(width, device=self.device)[None, :] < sizes[:, None]
-        generator = torch.Generator().manual_seed(seed)
-        hidden, r = settings.hidden, settings.init_range
-
-        def uniform(*shape: int) -> nn.Parameter:
-            values = (torch.rand(*shape, generator=generator, dtype=torch.float32) * 2 - 1) * r
-            return nn.Parameter(values.to(self.device))
-
+        self._init = torch.Generator().manual_seed(seed)  # every weight's draw, in order
+        hidden, uniform = settings.hidden, self._uniform
         self.lstm = nn.LSTM(hidden, hidden, settings.layers, batch_first=True).to(self.device)
         with torch.no_grad():
             for parameter in self.lstm.parameters():
@@ -96,6 +91,12 @@ class LSTMController(Controller):
             betas=(settings.adam_beta1, settings.adam_beta2),
             eps=settings.adam_epsilon,
         )
+
+    def _uniform(self, *shape: int) -> nn.Parameter:
+        """A new weight drawn U(−init_range, init_range) from the controller's generator."""
+        r = self.settings.init_range
+        values = (torch.rand(*shape, generator=self._init, dtype=torch.float32) * 2 - 1) * r
+        return nn.Parameter(values.to(self.device))
 
     # ---------------------------------------------------------------- the distribution
     def _logits(self, t: int | slice, output: torch.Tensor) -> torch.Tensor:
@@ -262,17 +263,11 @@ class AnchorLSTMController(LSTMController):
         if any(ancestors(space)):
             raise ValueError(f"{space.name}: anchor points need a space without nested choices")
         self.plan = anchor_plan(space, self.order.tolist())
-        generator = torch.Generator().manual_seed(seed + 1)
-        hidden, r = settings.hidden, settings.init_range
-
-        def uniform(*shape: int) -> nn.Parameter:
-            values = (torch.rand(*shape, generator=generator, dtype=torch.float32) * 2 - 1) * r
-            return nn.Parameter(values.to(self.device))
-
+        hidden = settings.hidden
         self.w_prev, self.w_curr, self.v = (
-            uniform(hidden, hidden),
-            uniform(hidden, hidden),
-            uniform(hidden),
+            self._uniform(hidden, hidden),
+            self._uniform(hidden, hidden),
+            self._uniform(hidden),
         )
         extra = [self.w_prev, self.w_curr, self.v]
         self.params += extra
