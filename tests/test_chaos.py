@@ -30,6 +30,12 @@ COMMANDS = {
         ["search_log.csv", "arch.json"],
         ["seconds"],
     ),
+    "proxyless": (  # gradient-based: α and its Adam resume too
+        ["search", "strategy=proxyless_cpu", *TINY, "train.epochs=4",
+         "strategy.checkpoint_every=3"],
+        ["search_log.csv", "arch.json"],
+        ["seconds"],
+    ),
     "zen": (
         ["search", "strategy=zen", *TINY, "strategy.iterations=60", "strategy.population_size=8",
          "strategy.batch_size=4", "strategy.checkpoint_every=7"],

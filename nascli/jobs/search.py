@@ -1,5 +1,5 @@
-"""`nascli search`: search a space under a cost target (strategy=tunas; random and zen have
-their own modules).
+"""`nascli search`: search a space under a cost target (the weight-sharing strategies: tunas, and
+the gradient-based proxyless and fbnet; random, zen, nasrl and grid have their own modules).
 
 The run directory holds the composed config (`.hydra/`), `search_log.csv` (one row per logged
 step: reward, baseline, advantage, valid accuracy, cost, learning rates, warmup probabilities,
@@ -39,6 +39,7 @@ from nascli.report.records import arch_record
 from nascli.report.summary import RunSummary
 from nascli.report.tables import result_table
 from nascli.search.driver import drive
+from nascli.search.gradient import GradientSearch, GradientSettings
 from nascli.search.health import accuracy_signal
 from nascli.search.registry import STRATEGIES, resolve
 from nascli.search.tunas import (
@@ -125,9 +126,48 @@ def run_tunas(cfg: DictConfig) -> None:
     finish(cfg, search, rows, out, console, target, seconds, started, replicas)
 
 
+def run_gradient(cfg: DictConfig) -> None:
+    """`strategy=proxyless` / `strategy=fbnet`: architecture parameters trained by gradient on
+    the weight-shared supernet (`nascli/search/gradient.py`)."""
+    started = time.perf_counter()
+    ctx = context(cfg.device)
+    if ctx.world > 1:
+        raise NascliError(
+            f"strategy={cfg.strategy.name} runs in one process: start it without torchrun"
+        )
+    console = RunConsole()
+    settings = GradientSettings.from_config(cfg.strategy)
+    check_search_recipe(cfg.train)
+    space = configured_space(cfg)
+    if space.graph:
+        raise NascliError(
+            f"strategy={settings.name} trains a weight-sharing supernet, which {space.name} has "
+            "none of: use strategy=nasrl, strategy=zen or nascli random-baseline"
+        )
+    net_settings = network_settings(cfg)
+    cost_model = make_cost_model(cfg.cost, space, net_settings, str(ctx.device))
+    target = default_target(cfg.cost.name, space.name, cfg.cost.target)
+    data = load_data(cfg.data)
+    torch.manual_seed(cfg.seed)
+    supernet = Supernet(space, net_settings, settings.supernet_init)
+    search = GradientSearch(supernet, cfg.train, settings, data, cost_model, target, ctx, cfg.seed)
+    out = run_directory()
+    out.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"search {space.title} · strategy {settings.name} ({settings.relaxation} paths, "
+        f"{settings.loss} loss, an α step every {settings.arch_update_every} after "
+        f"{settings.warmup_fraction:.0%}) · cost {cost_model.name} target "
+        f"{target if target is not None else '–'} {cost_model.units} · data {data.name} "
+        f"{net_settings.resolution}px · {search.total_steps} steps of "
+        f"{cfg.train.batch_size} images · {ctx.device}"
+    )
+    rows, seconds = drive(search, out, fingerprint(cfg, 1), console, header)
+    finish(cfg, search, rows, out, console, target, seconds, started, [])
+
+
 def finish(
     cfg: DictConfig,
-    search: TunasSearch,
+    search: TunasSearch | GradientSearch,
     rows: list[dict[str, Any]],
     out: Path,
     console: Console,
@@ -145,12 +185,13 @@ def finish(
     cost = network_cost(network)
     value = search.cost_model.cost(arch.indices)
     units = search.cost_model.units
-    signal = accuracy_signal([row["quality"] for row in rows], search.net.settings.num_classes)
+    qualities = [row["quality"] for row in rows if row["quality"] is not None]
+    signal = accuracy_signal(qualities, search.net.settings.num_classes)
     summary = RunSummary.of_architecture(
         arch,
         cost,
         command="search",
-        strategy="tunas",
+        strategy=search.name,
         seed=cfg.seed,
         world_size=search.ctx.world,
         cost_model=search.cost_model.name,
@@ -163,11 +204,10 @@ def finish(
         seconds=seconds,
         wall_seconds=time.perf_counter() - started,
         details={
-            "controller": search.controller.name,
+            **search.details(),
             "steps": search.step,
-            "reward_images": search.step * search.valid_per_arch * search.archs,
             "replica_checksums": replicas,
-            "final_valid_quality": rows[-1]["quality"] if rows else None,
+            "final_valid_quality": qualities[-1] if qualities else None,
             "selection": selection,
             "argmax_indices": ":".join(map(str, argmax)),
             "argmax_cost": search.cost_model.cost(tuple(argmax)),

@@ -83,10 +83,16 @@ class SupernetInit:
 
 @dataclass
 class Sample:
-    """One child: an index per decision, and which op nodes run mixed (op warmup)."""
+    """One child: an index per decision, and which op nodes run mixed (op warmup).
+
+    `weights` relaxes decisions for the gradient strategies: position -> a (C,) tensor of
+    option weights (differentiable). A relaxed op decision runs every option and sums their
+    outputs times their weights; a relaxed width decision runs at its largest width and
+    multiplies the output channels by Σ_b w_b·1[c < width_b] (FBNetV2's channel masks)."""
 
     indices: list[int]
     mixed: list[bool]
+    weights: dict[int, torch.Tensor] | None = None
 
     @classmethod
     def of(cls, indices) -> Sample:
@@ -114,6 +120,28 @@ class Choice:
 
     def value(self, s: Sample):
         return self.options[0 if self.position is None else s.indices[self.position]]
+
+    def relaxed(self, s: Sample) -> torch.Tensor | None:
+        """This decision's option weights when `s` relaxes it, else None."""
+        if self.position is None or not s.weights:
+            return None
+        return s.weights.get(self.position)
+
+
+def weighted_sum(outputs: list[torch.Tensor | None], weights: torch.Tensor) -> torch.Tensor | None:
+    """Σ_b w_b · output_b over the options that produce an output (None: Zero)."""
+    total = None
+    for out, w in zip(outputs, weights, strict=True):
+        if out is not None:
+            total = out * w if total is None else total + out * w
+    return total
+
+
+def channel_mask(widths: list[int], weights: torch.Tensor, device) -> torch.Tensor:
+    """(1, max width, 1, 1): Σ_b w_b · 1[c < width_b] (each width keeps its first channels)."""
+    channels = torch.arange(max(widths), device=device)
+    keep = torch.stack([(channels < w).to(weights.dtype) for w in widths])  # (B, C)
+    return (weights.to(device) @ keep).view(1, -1, 1, 1)
 
 
 class Trace:
@@ -192,6 +220,9 @@ class KernelSwitch(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, c_out: int, s: Sample, trace: Trace) -> torch.Tensor:
+        relaxed = self.choice.relaxed(s)
+        if relaxed is not None:
+            return weighted_sum([conv(x, c_out, trace) for conv in self.convs], relaxed)
         branches, weight = self.choice.branches(s)
         y = self.convs[branches[0]](x, c_out, trace)
         for b in branches[1:]:
@@ -272,11 +303,24 @@ class SuperIBN(Layer):
         self.act = _ACT[spec.act]
 
     def forward(self, x, width, s, trace):
-        mid = scale_filters(x.shape[1], self.expansion.value(s))
+        relaxed = self.expansion.relaxed(s)
+        if relaxed is None:
+            mid, mask = scale_filters(x.shape[1], self.expansion.value(s)), None
+        else:  # every expansion of the actual input width, as channel masks of the largest
+            mids = [scale_filters(x.shape[1], ratio) for ratio in self.expansion.options]
+            mid, mask = max(mids), channel_mask(mids, relaxed, x.device)
         y = self.act(self.expand(x, mid, trace))
+        if mask is not None:
+            y = y * mask
         y = self.act(self.depthwise(y, mid, s, trace))
+        if mask is not None:
+            y = y * mask
+        relaxed_se = self.se.relaxed(s)
         branches, weight = self.se.branches(s)
-        if len(branches) > 1:  # op warmup: ½·y + ½·SE(y)
+        if relaxed_se is not None:
+            outputs = [self.squeeze(y, trace) if on else y for on in self.se.options]
+            y = weighted_sum(outputs, relaxed_se)
+        elif len(branches) > 1:  # op warmup: ½·y + ½·SE(y)
             y = weight * (y + self.squeeze(y, trace))
         elif self.se.options[branches[0]]:
             y = self.squeeze(y, trace)
@@ -299,6 +343,16 @@ class OpChoice(Layer):
         self.residual = residual
 
     def forward(self, x, width, s, trace):
+        relaxed = self.choice.relaxed(s)
+        if relaxed is not None:
+            outputs = [
+                None if zero else layer(x, width, s, trace)
+                for layer, zero in zip(self.layers, self.is_zero, strict=True)
+            ]
+            y = weighted_sum(outputs, relaxed)
+            if self.residual:
+                return x if y is None else x + y
+            return torch.zeros_like(x) if y is None else y
         branches, weight = self.choice.branches(s)
         y = None
         for b in branches:
@@ -322,6 +376,12 @@ class SuperBlock(nn.Module):
         self.widths = [block_width(w, settings) for w in width.options]
 
     def forward(self, x, s: Sample, trace: Trace) -> torch.Tensor:
+        relaxed = self.width.relaxed(s)
+        if relaxed is not None:  # the largest width, its channels masked after every layer
+            mask = channel_mask(self.widths, relaxed, x.device)
+            for layer in self.layers:
+                x = layer(x, max(self.widths), s, trace) * mask
+            return x
         width = self.widths[s_index(self.width, s)]
         for layer in self.layers:
             x = layer(x, width, s, trace)

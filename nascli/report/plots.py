@@ -36,9 +36,11 @@ def search_curves(
     fig, (top, middle, bottom) = plt.subplots(
         3, 1, figsize=(7, 8), sharex=True, height_ratios=(3, 1.4, 3)
     )
-    top.plot(log["step"], log["reward"], lw=0.6, alpha=0.6, label="reward (mean of step)")
-    top.plot(log["step"], log["baseline"], lw=1.2, label="baseline")
-    top.plot(log["step"], log["quality"], lw=0.6, alpha=0.6, label="valid top-1 (supernet)")
+    if "reward" in log:  # RL strategies
+        top.plot(log["step"], log["reward"], lw=0.6, alpha=0.6, label="reward (mean of step)")
+        top.plot(log["step"], log["baseline"], lw=1.2, label="baseline")
+    quality = log.dropna(subset=["quality"])
+    top.plot(quality["step"], quality["quality"], lw=0.6, alpha=0.6, label="valid top-1 (supernet)")
     if chance is not None:
         top.axhline(chance, color="0.4", ls=":", lw=0.9, label=f"chance ({chance:.0%})")
     top.set_ylabel("reward / accuracy")

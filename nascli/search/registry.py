@@ -25,6 +25,10 @@ STRATEGIES: dict[str, Entry] = {
     "random": Entry(
         "nascli.search.random:RandomSettings", "nascli.jobs.random_baseline:run_random"
     ),
+    "proxyless": Entry(
+        "nascli.search.gradient:GradientSettings", "nascli.jobs.search:run_gradient"
+    ),
+    "fbnet": Entry("nascli.search.gradient:GradientSettings", "nascli.jobs.search:run_gradient"),
     "zen": Entry("nascli.search.zen:ZenSettings", "nascli.jobs.zen_search:run_zen"),
     "grid": Entry("nascli.search.grid:GridSettings", "nascli.jobs.grid_search:run_grid"),
     "nasrl": Entry(

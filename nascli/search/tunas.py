@@ -199,6 +199,7 @@ class TunasSearch(Strategy):
     """The search state (supernet, optimisers, policy, baseline) and one step of it."""
 
     unit = "step"
+    name = "tunas"
 
     def __init__(
         self,
@@ -486,6 +487,13 @@ class TunasSearch(Strategy):
             n = p.numel()
             p.grad = flat[offset : offset + n].view_as(p).clone()
             offset += n
+
+    def details(self) -> dict[str, Any]:
+        """What `summary.json` records of this strategy beyond the common fields."""
+        return {
+            "controller": self.controller.name,
+            "reward_images": self.step * self.valid_per_arch * self.archs,
+        }
 
     def final_indices(self) -> list[int]:
         """The argmax of every decision's logits, as TuNAS's `analyze_mobile_search` reads them."""

@@ -1,0 +1,435 @@
+"""Gradient-based search on the weight-shared supernet: ProxylessNAS's binarized paths
+(`strategy=proxyless`, Cai et al., ICLR 2019, §3.2) and FBNet's Gumbel-softmax relaxation
+(`strategy=fbnet`, Wu et al., CVPR 2019, §3.3), whose noise-free soft mixture is first-order
+DARTS (Liu et al., ICLR 2019, Eq. 2; `strategy.relaxation=softmax`).
+
+Architecture parameters α are one logit vector per decision (every option of every searched
+decision: kernels, expansions, SE, skips and block widths). Widths are relaxed with FBNetV2's
+channel masks: the layer runs at its largest width and channel c is scaled by Σ_b w_b·1[c <
+width_b] (an expansion's widths are those of the layer's actual input width; under a relaxed
+input width that is the largest one, where TuNAS's child uses its sampled input width).
+
+One step = one shared-weight update on a train batch; every `arch_update_every` steps after
+the weight warm-up, one α update on a batch of the **valid** split (never the batch the weights
+saw). Weights and α have separate optimisers: α is not a supernet parameter.
+
+* `binary` (ProxylessNAS): the weight step trains one child sampled from softmax(α). The α step
+  samples another and runs every option with gates g = one-hot + p − stop_gradient(p): the
+  forward is the sampled child's, and autograd gives ProxylessNAS's estimator
+  ∂L/∂α_i = Σ_j ∂L/∂g_j · p_j (δ_ij − p_i) (its `full` mode, computing all paths; the released
+  `full_v2` recomputes them in the backward pass to save memory). A decision whose sampled
+  option is Zero gets no α update, as in the released code. Loss (the code's default, its
+  `mul#log`, here `mul_log` since `#` cannot stand in a command-line override):
+  `mul_log` α_r·CE·(log E[cost] / log target)^β with α_r = 0.2, β = 0.3; the paper's additive
+  form is `add_linear` (the code's `add#linear`), CE + λ·(E[cost] − target)/target, λ = 0.1.
+* `gumbel` (FBNet): weights m = softmax((α + g)/τ), g ~ Gumbel(0, 1), one draw per batch,
+  τ = 5·exp(−0.045·epoch); both steps run every option with m (detached in the weight step).
+  Loss CE·α_r·(log E_m[cost])^β with α_r = 0.2, β = 0.6 (`fbnet_log`).
+* `softmax` (first-order DARTS): m = softmax(α), no noise, no temperature.
+
+E[cost] is the cost model's exact expectation under the relaxed weights, differentiable
+(`CompiledCost.expected`; TuNAS's Pixel-1 model, LUTs and the analytic costs have it). The
+result is the argmax of α per decision (never of α + noise).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nascli.cost.models import CostModel
+from nascli.data.augment import keyed_generator
+from nascli.data.source import DataSource
+from nascli.errors import NascliError
+from nascli.nn.supernet import Sample, Supernet, SupernetInit
+from nascli.search.budgets import BatchBudgets, BudgetSettings, limits_of
+from nascli.search.driver import Strategy
+from nascli.search.policy import CategoricalPolicy
+from nascli.search.tunas import Batches, likeliest_within, probability_columns
+from nascli.settings import check_fields, option
+from nascli.space.schema import Zero
+from nascli.train.distributed import Context
+from nascli.train.engine import TrainingDiverged
+from nascli.train.optim import build_optimizer, learning_rate
+
+RELAXATIONS = ("binary", "gumbel", "softmax")
+LOSSES = ("mul_log", "add_linear", "fbnet_log")
+
+
+@dataclass(frozen=True)
+class GradientSettings(BudgetSettings):
+    """The `strategy=proxyless` and `strategy=fbnet` config groups (conf/strategy/*.yaml)."""
+
+    name: str = option("proxyless", choices=("proxyless", "fbnet"))
+    relaxation: str = option("binary", choices=RELAXATIONS)
+    loss: str = option("mul_log", choices=LOSSES)
+    loss_alpha: float = option(0.2, gt=0, le=1000)  # α of mul_log and fbnet_log
+    loss_beta: float = option(0.3, ge=0, le=100)  # β of mul_log (0.3) and fbnet_log (0.6)
+    loss_lambda: float = option(0.1, ge=0, le=1000)  # λ of add_linear
+    arch_lr: float = option(1e-3, gt=0, le=100)
+    arch_adam_beta1: float = option(0.0, ge=0, lt=1)
+    arch_adam_beta2: float = option(0.999, ge=0, lt=1)
+    arch_weight_decay: float = option(0.0, ge=0, le=1)
+    arch_init_std: float = option(1e-3, ge=0, le=10)  # α ~ N(0, std²)
+    arch_update_every: int = option(5, ge=1, le=1_000_000)  # weight steps per α step
+    warmup_fraction: float = option(0.25, ge=0, lt=1)  # weights only, α frozen
+    temperature: float = option(5.0, gt=0, le=1000)  # gumbel: τ at epoch 0
+    temperature_decay: float = option(0.045, ge=0, le=10)  # τ = temperature · exp(−decay·epoch)
+    log_every: int = option(1, ge=1, le=1_000_000)
+    checkpoint_every: int = option(50, ge=0)
+    zero_init_residual: bool = option(False)
+    tied_kernels: bool = option(False)
+    zero_init_se: bool = option(False)
+    zero_init_width: bool = option(False)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> GradientSettings:
+        settings = cls(**check_fields(cls, dict(cfg), "strategy"))
+        if settings.loss == "fbnet_log" and settings.relaxation == "binary":
+            raise NascliError(
+                "strategy.loss=fbnet_log goes with a relaxed mixture: set strategy.relaxation="
+                "gumbel or softmax (ProxylessNAS's losses are mul_log and add_linear)"
+            )
+        return settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def supernet_init(self) -> SupernetInit:
+        return SupernetInit(
+            self.zero_init_residual, self.tied_kernels, self.zero_init_se, self.zero_init_width
+        )
+
+
+def cost_loss(
+    ce: torch.Tensor, expected: torch.Tensor, target: float | None, s: GradientSettings
+) -> torch.Tensor:
+    """The search loss from the cross-entropy and the expected cost (module docstring)."""
+    if s.loss == "add_linear":
+        return ce + s.loss_lambda * (expected - target) / target
+    if s.loss == "mul_log":
+        return s.loss_alpha * ce * (torch.log(expected) / math.log(target)) ** s.loss_beta
+    log_cost = torch.log(expected)
+    if not bool(log_cost > 0):  # (log LAT)^β with a negative base is NaN for non-integer β
+        raise NascliError(
+            f"fbnet_log needs an expected cost above 1 in the cost's units (got "
+            f"{float(expected):.4g}): use a cost in ms or MACs, or strategy.loss=mul_log"
+        )
+    return s.loss_alpha * ce * log_cost**s.loss_beta
+
+
+@dataclass
+class GradientRecord:
+    step: int
+    lr: float
+    temperature: float | None
+    train_loss: float
+    arch_loss: float | None
+    quality: float | None  # top-1 of the α step's batch through the supernet
+    expected_cost: float | None
+    cost: float  # of the child the weight step trained (binary) or of argmax α
+
+
+class GradientSearch(Strategy):
+    """α, the supernet and its optimiser, and one step of the search."""
+
+    unit = "step"
+
+    def __init__(
+        self,
+        supernet: Supernet,
+        train_cfg: Any,
+        settings: GradientSettings,
+        data: DataSource,
+        cost_model: CostModel,
+        target: float | None,
+        ctx: Context,
+        seed: int,
+    ):
+        self.settings, self.train_cfg, self.ctx, self.seed = settings, train_cfg, ctx, seed
+        self.name = settings.name
+        self.net = supernet.to(ctx.device)
+        self.space = supernet.space
+        self.cost_model, self.target = cost_model, target
+        if not getattr(cost_model, "expected", None) or not getattr(
+            getattr(cost_model, "compiled", None), "additive", True
+        ):
+            raise NascliError(
+                f"cost={cost_model.name} has no expectation over architectures (a measured cost, "
+                "or a maximum over layers); the gradient strategies need cost=tunas_pixel1, lut, "
+                "macs, params or flash"
+            )
+        if settings.loss != "fbnet_log" and target is None:
+            raise NascliError(
+                f"strategy.loss={settings.loss} needs a target: set "
+                f"cost.target=<{cost_model.units}>"
+            )
+        self.data = data.to(ctx.device)
+        self.train_batches = Batches(data, "train", train_cfg.batch_size, ctx, seed, True)
+        if data.sizes.get("valid", 0) < train_cfg.batch_size:
+            raise NascliError(
+                f"the architecture step needs a valid batch of {train_cfg.batch_size} images but "
+                f"{data.name} holds {data.sizes.get('valid', 0)}; raise data.valid_fraction"
+            )
+        self.valid_batches = Batches(data, "valid", train_cfg.batch_size, ctx, seed, False)
+        self.steps_per_epoch = self.train_batches.per_epoch
+        self.total_steps = self.steps_per_epoch * train_cfg.epochs
+        self.peak_lr = train_cfg.lr_per_256 * train_cfg.batch_size / 256
+        self.warmup_steps = round(train_cfg.warmup_fraction * self.total_steps)
+        self.weight_decay = train_cfg.weight_decay
+        self.optimizer = build_optimizer(self.net, train_cfg, self.peak_lr, weight_decay=0.0)
+        # α lives in a categorical policy (sampling, argmax, marginals), trained by torch's Adam.
+        self.policy = CategoricalPolicy(self.space, ctx.device)
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn(self.policy.logits.shape, generator=generator, dtype=torch.float64)
+        self.policy.logits = (noise * settings.arch_init_std).to(ctx.device).requires_grad_(True)
+        self.searched = [d for d, size in enumerate(self.policy.sizes.tolist()) if size > 1]
+        self.arch_optimizer = torch.optim.Adam(
+            [self.policy.logits],
+            lr=settings.arch_lr,
+            betas=(settings.arch_adam_beta1, settings.arch_adam_beta2),
+            weight_decay=settings.arch_weight_decay,
+        )
+        width = self.policy.valid.shape[1]
+        zero_options = [
+            [isinstance(c, Zero) for c in d.choices] + [False] * (width - d.num_choices)
+            for d in self.space.decisions
+        ]
+        self.is_zero = torch.tensor(zero_options, device=ctx.device)
+        limits = limits_of(settings)
+        self.budgets = BatchBudgets(self.space, supernet.settings, limits) if limits else None
+        self.step = 0
+        self.log_every = settings.log_every
+        self.checkpoint_every = settings.checkpoint_every
+        self.controller = type("ArchParameters", (), {"name": "architecture parameters"})()
+        self.archs, self.valid_per_arch = 1, train_cfg.batch_size
+
+    # ------------------------------------------------------------------ the driver's view
+    @property
+    def position(self) -> int:
+        return self.step
+
+    @property
+    def total(self) -> int:
+        return self.total_steps
+
+    def advance(self) -> GradientRecord:
+        record = self.train_step()
+        if not math.isfinite(record.train_loss):
+            raise TrainingDiverged(
+                f"the supernet's loss became NaN/inf at step {record.step}; lower "
+                "train.lr_per_256 (the last good checkpoint is last.pt in the run directory)"
+            )
+        return record
+
+    def log_row(self, record: GradientRecord, seconds: float) -> dict[str, Any] | None:
+        if record.step % self.log_every and self.step != self.total_steps:
+            return None
+        argmax = torch.tensor([self.final_indices()])
+        with torch.no_grad():
+            entropy = float(self.policy.entropy(argmax)[0])
+        return {
+            "step": record.step,
+            "seconds": seconds,
+            "lr": record.lr,
+            "temperature": record.temperature,
+            "train_loss": record.train_loss,
+            "arch_loss": record.arch_loss,
+            "quality": record.quality,
+            "expected_cost": record.expected_cost,
+            "cost": record.cost,
+            "argmax_cost": float(self.cost_model(argmax)[0]),
+            "entropy": entropy,
+            **probability_columns(self.space, self.probabilities().detach()),
+        }
+
+    def status(self, row: dict[str, Any]) -> str:
+        quality = "–" if row["quality"] is None else f"{row['quality']:.1%}"
+        return (
+            f"loss {row['train_loss']:.3f} · valid {quality} · argmax {row['argmax_cost']:.4g}"
+            f" · entropy {row['entropy']:.1f}"
+        )
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "supernet": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "alpha": self.policy.logits.detach().clone(),
+            "arch_optimizer": self.arch_optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["supernet"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        with torch.no_grad():
+            self.policy.logits.copy_(state["alpha"])
+        self.arch_optimizer.load_state_dict(state["arch_optimizer"])
+        torch.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    # ------------------------------------------------------------------ α
+    def probabilities(self) -> torch.Tensor:
+        """(D, C) softmax(α), invalid options 0 (differentiable in α)."""
+        return self.policy.log_probs().exp()
+
+    def temperature(self, t: int) -> float | None:
+        if self.settings.relaxation != "gumbel":
+            return None
+        epoch = t // self.steps_per_epoch  # annealed per epoch, never per step
+        return self.settings.temperature * math.exp(-self.settings.temperature_decay * epoch)
+
+    def relaxed_weights(self, t: int, grad: bool) -> torch.Tensor:
+        """(D, C) the step's option weights: softmax(α), or a Gumbel-softmax draw at τ(t)."""
+        logits = self.policy.logits.masked_fill(~self.policy.valid, -math.inf)
+        if self.settings.relaxation == "gumbel":
+            generator = keyed_generator(self.seed, t, 11)
+            uniform = torch.rand(logits.shape, generator=generator, dtype=torch.float64)
+            gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)))
+            logits = (logits + gumbel.to(logits.device)) / self.temperature(t)
+        weights = logits.softmax(dim=1)
+        return weights if grad else weights.detach()
+
+    @torch.no_grad()
+    def sample_indices(self, t: int, salt: int) -> torch.Tensor:
+        """One architecture drawn from softmax(α), keyed by (seed, step, salt)."""
+        generator = keyed_generator(self.seed, t, salt)
+        return self.policy.sample(1, generator)[0]
+
+    def relaxed_sample(self, indices: torch.Tensor, weights: torch.Tensor) -> Sample:
+        rows = {d: weights[d, : int(self.policy.sizes[d])].float() for d in self.searched}
+        sample = Sample.of(indices.tolist())
+        sample.weights = rows
+        return sample
+
+    def expected_cost(self, weights: torch.Tensor) -> torch.Tensor:
+        vectors = [weights[d, : int(size)] for d, size in enumerate(self.policy.sizes.tolist())]
+        return self.cost_model.expected(vectors)
+
+    # ------------------------------------------------------------------ one step
+    def learning_rate(self, t: int) -> float:
+        return learning_rate(
+            t, self.total_steps, self.peak_lr, self.warmup_steps, self.train_cfg.schedule
+        )
+
+    def update_weights(self, t: int) -> tuple[float, torch.Tensor]:
+        """One shared-weight step on train batch t: the sampled child (binary) or the relaxed
+        mixture with α fixed. Returns the loss and the indices the cost column reports."""
+        lr = self.learning_rate(t)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images, labels = self.train_batches.get(t)
+        self.net.train()
+        indices = self.sample_indices(t, 7)
+        if self.settings.relaxation == "binary":
+            sample = Sample.of(indices.tolist())
+        else:
+            sample = self.relaxed_sample(indices, self.relaxed_weights(t, grad=False))
+            indices = self.policy.argmax()
+        logits = self.net(images, sample)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.train_cfg.label_smoothing)
+        loss.backward()
+        if self.weight_decay:
+            with torch.no_grad():
+                for weight, index in self.net.active_decay():
+                    weight.grad[index].add_(weight[index], alpha=self.weight_decay)
+        if self.train_cfg.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.train_cfg.grad_clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach()), indices
+
+    def arch_gradient(self, t: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """α's gradient from valid batch t (nothing from a train batch). Returns the loss,
+        the expected cost and the batch's top-1 through the supernet."""
+        images, labels = self.valid_batches.get(t)
+        probs = self.probabilities()
+        indices = self.sample_indices(t, 13)
+        if self.settings.relaxation == "binary":
+            one_hot = F.one_hot(indices, probs.shape[1]).to(probs.dtype)
+            gates = one_hot + probs - probs.detach()  # forward: one-hot; backward: ∂p/∂α
+            sample = self.relaxed_sample(indices, gates)
+            expected = self.expected_cost(probs)
+        else:
+            weights = self.relaxed_weights(t, grad=True)
+            sample = self.relaxed_sample(indices, weights)
+            expected = self.expected_cost(weights)
+        self.net.train()  # batch statistics, as in every supernet pass
+        logits = self.net(images, sample)
+        ce = F.cross_entropy(logits, labels)
+        loss = cost_loss(ce, expected, self.target, self.settings)
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)  # the weights learn from train batches only
+        grad = self.policy.logits.grad
+        if self.settings.relaxation == "binary":  # ProxylessNAS: no update when Zero is active
+            zero = self.is_zero.gather(1, indices.view(-1, 1))[:, 0]
+            grad[zero] = 0
+        grad.masked_fill_(~self.policy.valid, 0.0)
+        quality = float((logits.argmax(1) == labels).float().mean())
+        return loss.detach(), expected.detach(), quality
+
+    def train_step(self) -> GradientRecord:
+        t = self.step
+        train_loss, indices = self.update_weights(t)
+        s = self.settings
+        warm = t < round(s.warmup_fraction * self.total_steps)
+        arch_loss = expected = quality = None
+        if not warm and (t % s.arch_update_every == 0):
+            loss, cost, quality = self.arch_gradient(t)
+            self.arch_optimizer.step()
+            with torch.no_grad():  # invalid options stay at −∞ in every softmax
+                self.policy.logits.masked_fill_(~self.policy.valid, 0.0)
+            arch_loss, expected = float(loss), float(cost)
+        self.step += 1
+        return GradientRecord(
+            step=t,
+            lr=self.learning_rate(t),
+            temperature=self.temperature(t),
+            train_loss=train_loss,
+            arch_loss=arch_loss,
+            quality=quality,
+            expected_cost=expected,
+            cost=float(self.cost_model(indices.view(1, -1).cpu())[0]),
+        )
+
+    # ------------------------------------------------------------------ the result
+    def final_indices(self) -> list[int]:
+        """The argmax of α per decision (never of α plus noise)."""
+        return self.policy.argmax().tolist()
+
+    def result_indices(self) -> tuple[list[int], str]:
+        """The argmax of α; with hard budgets, the likeliest architecture under softmax(α)
+        within them when the argmax is not."""
+        argmax = self.final_indices()
+        if self.budgets is None or not bool(self.budgets.exceeded(torch.tensor([argmax]))[0]):
+            return argmax, "argmax"
+        with torch.no_grad():
+            found = likeliest_within(
+                self.policy, self.cost_model, None, 0.03, self.seed, self.budgets
+            )
+        if found is None:
+            raise NascliError("no architecture of the final α fits the budgets: raise them")
+        return found.tolist(), "likeliest_within_budgets"
+
+    def details(self) -> dict[str, Any]:
+        """What `summary.json` records of this strategy beyond the common fields."""
+        s = self.settings
+        arch_steps = sum(
+            1
+            for t in range(self.step)
+            if t >= round(s.warmup_fraction * self.total_steps) and t % s.arch_update_every == 0
+        )
+        return {
+            "relaxation": s.relaxation,
+            "loss": s.loss,
+            "arch_steps": arch_steps,
+            "arch_images": arch_steps * self.train_cfg.batch_size,
+        }

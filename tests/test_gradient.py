@@ -1,0 +1,179 @@
+"""Gradient-based search (ProxylessNAS's binarized paths, FBNet's Gumbel-softmax, first-order
+DARTS) on the weight-shared supernet: the estimator, the splits, and the classic mistakes of
+methods' §2.4."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from nascli.config import DataConfig, TrainConfig
+from nascli.cost.models import AnalyticCost, Pixel1Cost
+from nascli.data import load_data
+from nascli.errors import NascliError
+from nascli.nn.supernet import Sample, Supernet
+from nascli.search.gradient import GradientSearch, GradientSettings, cost_loss
+from nascli.space.network import NetworkSettings
+from nascli.space.spaces import SPACES
+from nascli.train.distributed import context
+from tests.conftest import SPACE_NAMES, TINY, assert_common_summary
+
+NET = NetworkSettings(resolution=16, num_classes=4, in_channels=1, width_multiplier=0.25)
+TRAIN = OmegaConf.merge(
+    OmegaConf.structured(TrainConfig),
+    {"name": "t", "epochs": 2, "batch_size": 16, "lr_per_256": 0.1, "warmup_fraction": 0.0},
+)
+DATA = {"name": "synthetic", "num_samples": 160, "resolution": 16, "in_channels": 1,
+        "num_classes": 4, "valid_fraction": 0.3}  # fmt: skip
+
+
+def make_search(space_name="proxylessnas", cost="pixel1", **settings):
+    space = SPACES[space_name]
+    data = load_data(OmegaConf.merge(OmegaConf.structured(DataConfig), DATA))
+    model = Pixel1Cost(space, NET) if cost == "pixel1" else AnalyticCost(space, NET, cost)
+    target = 84.0 if cost == "pixel1" else None
+    values = {"warmup_fraction": 0.0, "arch_update_every": 1} | settings
+    torch.manual_seed(0)
+    supernet = Supernet(space, NET)
+    return GradientSearch(
+        supernet, TRAIN, GradientSettings(**values), data, model, target, context("cpu"), 0
+    )
+
+
+def test_binary_gates_give_proxylessnas_gradient_through_the_softmax_jacobian():
+    alpha = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    p = alpha.softmax(0)
+    gates = torch.nn.functional.one_hot(torch.tensor(2), 4).double() + p - p.detach()
+    assert torch.equal(gates.detach(), torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=torch.float64))
+    dl_dg = torch.tensor([0.3, -1.2, 0.7, 2.0], dtype=torch.float64)
+    (gates * dl_dg).sum().backward()
+    q = p.detach()
+    expected = torch.stack(
+        [sum(dl_dg[j] * q[j] * (float(i == j) - q[i]) for j in range(4)) for i in range(4)]
+    )
+    assert torch.allclose(alpha.grad, expected)
+    alpha.grad = None  # equal gate gradients move nothing (methods §2.4, mistake 3)
+    p = alpha.softmax(0)
+    ((torch.nn.functional.one_hot(torch.tensor(0), 4) + p - p.detach()) * 5.0).sum().backward()
+    assert alpha.grad.abs().max() < 1e-12
+
+
+def test_a_one_hot_relaxed_forward_is_the_sampled_child():
+    s = make_search()
+    indices = s.sample_indices(0, 1)
+    probs = s.probabilities().detach()
+    gates = torch.nn.functional.one_hot(indices, probs.shape[1]).double() + probs - probs
+    x = torch.randn(8, 1, 16, 16)
+    s.net.train()
+    child = s.net(x, Sample.of(indices.tolist()))
+    relaxed = s.net(x, s.relaxed_sample(indices, gates))
+    assert torch.allclose(child, relaxed, atol=1e-5)
+
+
+@pytest.mark.parametrize("space_name", SPACE_NAMES)
+@pytest.mark.parametrize("relaxation", ["softmax", "gumbel"])
+def test_every_searched_decision_receives_an_architecture_gradient(space_name, relaxation):
+    loss = "fbnet_log" if relaxation == "gumbel" else "mul_log"
+    s = make_search(space_name, relaxation=relaxation, loss=loss)
+    s.arch_gradient(0)
+    grad = s.policy.logits.grad
+    for d in s.searched:
+        assert grad[d, : int(s.policy.sizes[d])].abs().max() > 0, s.space.decisions[d].path
+
+
+def test_alpha_learns_from_the_valid_split_only_and_the_weights_from_train_only():
+    s = make_search()
+    used = []
+    for name in ("train_batches", "valid_batches"):
+        batches = getattr(s, name)
+        original = batches.get
+        batches.get = lambda t, original=original, name=name: used.append(name) or original(t)
+    s.arch_gradient(0)
+    assert used == ["valid_batches"]
+    assert all(p.grad is None for p in s.net.parameters())  # no weight gradient from valid
+    assert all(p is not s.policy.logits for p in s.net.parameters())
+    weights = {id(p) for group in s.optimizer.param_groups for p in group["params"]}
+    assert id(s.policy.logits) not in weights
+    used.clear()
+    s.arch_optimizer.zero_grad(set_to_none=True)
+    s.update_weights(0)
+    assert used == ["train_batches"] and s.policy.logits.grad is None
+
+
+def test_a_decision_whose_sampled_option_is_zero_gets_no_update():
+    s = make_search(relaxation="binary")
+    for t in range(20):
+        indices = s.sample_indices(t, 13)
+        zero = [d for d in s.searched if s.is_zero[d, int(indices[d])]]
+        if zero:
+            s.arch_gradient(t)
+            assert all(s.policy.logits.grad[d].abs().max() == 0 for d in zero)
+            return
+    pytest.fail("no draw sampled a skip")
+
+
+def test_gumbel_temperature_is_annealed_per_epoch():
+    s = make_search(relaxation="gumbel", loss="fbnet_log")
+    n = s.steps_per_epoch
+    assert s.temperature(0) == s.temperature(n - 1) == 5.0
+    assert s.temperature(n) == pytest.approx(5.0 * math.exp(-0.045))
+    assert make_search().temperature(n) is None  # binary paths have no temperature
+
+
+def test_fbnet_loss_refuses_a_cost_whose_log_is_not_positive():
+    settings = GradientSettings(name="fbnet", relaxation="gumbel", loss="fbnet_log", loss_beta=0.6)
+    value = cost_loss(torch.tensor(2.0), torch.tensor(math.e**2), None, settings)
+    assert float(value) == pytest.approx(0.2 * 2.0 * 2.0**0.6)
+    with pytest.raises(NascliError, match="above 1"):
+        cost_loss(torch.tensor(2.0), torch.tensor(0.5), None, settings)
+
+
+def test_losses_match_the_released_code():
+    mul = GradientSettings(loss="mul_log", loss_alpha=0.2, loss_beta=0.3)
+    value = cost_loss(torch.tensor(1.5), torch.tensor(100.0), 80.0, mul)
+    assert float(value) == pytest.approx(0.2 * 1.5 * (math.log(100) / math.log(80)) ** 0.3)
+    add = GradientSettings(loss="add_linear", loss_lambda=0.1)
+    assert float(cost_loss(torch.tensor(1.5), torch.tensor(100.0), 80.0, add)) == pytest.approx(
+        1.5 + 0.1 * 20 / 80
+    )
+
+
+def test_the_result_is_the_argmax_of_alpha():
+    s = make_search(relaxation="gumbel", loss="fbnet_log")
+    for _ in range(3):
+        s.advance()
+    assert s.result_indices() == (s.policy.argmax().tolist(), "argmax")
+
+
+def test_costs_without_an_expectation_are_refused():
+    with pytest.raises(NascliError, match="no expectation"):
+        make_search(cost="sram")
+
+
+@pytest.mark.parametrize("strategy", ["proxyless", "fbnet_cpu"])
+def test_gradient_search_end_to_end(run_cli, tmp_path, strategy):
+    out = tmp_path / strategy
+    result = run_cli("search", f"strategy={strategy}", *TINY, "train.epochs=2", f"out={out}")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert_common_summary(summary, "search", strategy.removesuffix("_cpu"))
+    log = pd.read_csv(out / "search_log.csv")
+    assert log["arch_loss"].notna().any() and (out / "plots" / "search_curves.png").exists()
+    assert json.loads((out / "arch.json").read_text())["indices"] == summary["indices"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["strategy=proxyless", "space=nasrl"], "weight-sharing supernet"),
+        (["strategy=proxyless", "strategy.loss=fbnet_log"], "relaxed mixture"),
+        (["strategy=fbnet", "cost=peak_memory"], "no expectation"),
+    ],
+)
+def test_bad_gradient_searches_are_refused_in_one_line(run_cli, args, message):
+    result = run_cli("search", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
