@@ -10,7 +10,14 @@ Memory: peak resident memory above the after-start-up baseline of a process runn
 vs one training the largest child of the space alone (all widths, expansions and kernels at
 their maximum, no skips), each in a fresh subprocess. Target: ≤ 1.5×.
 
-    python scripts/bench_search.py [--space proxylessnas] [--archs 20] [--threads 2]
+Gradient strategies (`--gradient`): the same batches through `strategy=proxyless`'s weight step
+(one binarized child) and architecture step (every option under one-hot gates), and
+`strategy=fbnet`'s (Gumbel-softmax: every option in both steps), each against the weight step's
+child trained alone on the same batch, and their peak memory against the largest child's.
+Targets (ProxylessNAS): binarized weight step ≤ 1.3× the child's train step, memory ≤ 1.5× the
+largest child's; FBNet/DARTS keep every path resident and are reported as measured.
+
+    python scripts/bench_search.py [--space proxylessnas] [--archs 20] [--threads 2] [--gradient]
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from nascli.cost.models import make_cost_model
 from nascli.data import load_data
 from nascli.nn.supernet import Supernet
 from nascli.report.machine import machine_line
+from nascli.search.gradient import GradientSearch, GradientSettings
 from nascli.search.tunas import TunasSearch, TunasSettings
 from nascli.space.arch import get_space
 from nascli.space.network import NetworkSettings
@@ -71,6 +79,54 @@ def make_search(space_name: str, batch: int, epochs: int = 20) -> TunasSearch:
         Context(0, 1, torch.device("cpu")),
         seed=0,
     )
+
+
+def make_gradient(space_name: str, batch: int, relaxation: str) -> GradientSearch:
+    """The gradient strategy on the same data, recipe and cost as `make_search`, with an
+    architecture step after every weight step and no warm-up."""
+    tunas = make_search(space_name, batch)
+    loss = "mul_log" if relaxation == "binary" else "fbnet_log"
+    name = "proxyless" if relaxation == "binary" else "fbnet"
+    settings = GradientSettings(
+        name=name, relaxation=relaxation, loss=loss, warmup_fraction=0.0, arch_update_every=1
+    )
+    torch.manual_seed(0)
+    return GradientSearch(
+        Supernet(tunas.space, tunas.net.settings), tunas.train_cfg, settings, tunas.data,
+        tunas.cost_model, 84.0, tunas.ctx, seed=0,
+    )  # fmt: skip
+
+
+def child_train_step(search, indices: list[int], t: int) -> float:
+    """One train step of the extracted child on step t's train batch (no valid pass)."""
+    model = search.net.extract(indices).train()
+    optimizer = build_optimizer(model, search.train_cfg, search.peak_lr)
+    images, labels = search.train_batches.get(t)
+    start = time.perf_counter()
+    loss = F.cross_entropy(model(images), labels, label_smoothing=0.1)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def time_gradient(space: str, archs: int, batch: int, relaxation: str) -> dict[str, float]:
+    """Median seconds of the weight step, the architecture step and the child's train step."""
+    search = make_gradient(space, batch, relaxation)
+    weight, arch, alone = [], [], []
+    for t in range(archs + 2):
+        start = time.perf_counter()
+        _, indices = search.update_weights(t)
+        middle = time.perf_counter()
+        search.arch_step(t)
+        end = time.perf_counter()
+        child = child_train_step(search, indices.tolist(), t)
+        if t >= 2:  # the first two warm the allocator and kernels
+            weight.append(middle - start)
+            arch.append(end - middle)
+            alone.append(child)
+    return {k: statistics.median(v) for k, v in
+            (("weight", weight), ("arch", arch), ("alone", alone))}  # fmt: skip
 
 
 def standalone_step(
@@ -147,6 +203,11 @@ def memory_worker(kind: str, space: str, batch: int, steps: int) -> None:
     the level before the first step: optimiser state, gradients and activations of the run."""
     search = make_search(space, batch)
     model = search.net.extract(largest_child(space)).train() if kind == "alone" else None
+    gradient = None
+    if kind in ("proxyless", "fbnet"):
+        gradient = make_gradient(space, batch, "binary" if kind == "proxyless" else "gumbel")
+        del search.net  # only the gradient strategy's supernet is resident
+        search.net = gradient.net
     net_mib = sum(p.numel() * p.element_size() for p in (model or search.net).parameters())
     net_mib /= 2**20  # allocated before the baseline: added back
     gc.collect()
@@ -155,6 +216,8 @@ def memory_worker(kind: str, space: str, batch: int, steps: int) -> None:
         for t in range(steps):
             if kind == "search":
                 search.train_step()
+            elif kind in ("proxyless", "fbnet"):
+                gradient.train_step()
             else:
                 standalone_step(search, [], t, model)
     print(json.dumps({"growth_mib": rss.peak - baseline + net_mib}))
@@ -176,7 +239,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--worker", choices=("search", "alone"), default=None)
+    parser.add_argument("--worker", choices=("search", "alone", "proxyless", "fbnet"))
+    parser.add_argument("--gradient", action="store_true", help="the gradient strategies' rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:
@@ -184,6 +248,9 @@ def main() -> None:
         return
 
     console = Console()
+    if args.gradient:
+        gradient_table(args, console)
+        return
     pairs = time_steps(args.space, args.archs, args.batch)
     search_ms = statistics.median(s for s, _ in pairs) * 1e3
     alone_ms = statistics.median(a for _, a in pairs) * 1e3
@@ -207,6 +274,32 @@ def main() -> None:
     console.print(
         f"per-architecture ratios: median {statistics.median(ratios):.3f}, "
         f"min {min(ratios):.3f}, max {max(ratios):.3f} · targets ≤ 1.15 (time), ≤ 1.5 (memory)"
+    )
+    console.print(machine_line())
+
+
+def gradient_table(args: argparse.Namespace, console: Console) -> None:
+    alone_mem = memory_growth("alone", args.space, args.batch, args.threads, args.steps)
+    table = Table(
+        title=f"gradient strategies vs the child alone · {args.space} · batch {args.batch} · "
+        f"32×32 digits · {args.archs} steps · {args.threads} threads",
+        title_justify="left",
+    )
+    for column in ("", "weight step ms", "architecture step ms", "child alone ms",
+                   "weight / alone", "peak memory growth", "memory / largest child"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for kind, relaxation in (("proxyless", "binary"), ("fbnet", "gumbel")):
+        times = time_gradient(args.space, args.archs, args.batch, relaxation)
+        memory = memory_growth(kind, args.space, args.batch, args.threads, args.steps)
+        table.add_row(
+            f"{kind} ({relaxation})", f"{times['weight'] * 1e3:.0f}", f"{times['arch'] * 1e3:.0f}",
+            f"{times['alone'] * 1e3:.0f}", f"{times['weight'] / times['alone']:.2f}",
+            f"{memory:.0f} MiB", f"{memory / alone_mem:.2f}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"largest child trained alone: {alone_mem:.0f} MiB · targets (proxyless): weight step ≤ "
+        "1.3× the child's train step, memory ≤ 1.5× the largest child's"
     )
     console.print(machine_line())
 

@@ -115,6 +115,23 @@ def test_a_decision_whose_sampled_option_is_zero_gets_no_update():
     pytest.fail("no draw sampled a skip")
 
 
+def test_two_path_mode_moves_only_the_drawn_pair_and_keeps_the_others_probabilities():
+    s = make_search(relaxation="binary", binary_mode="two", arch_lr=0.1)
+    for t in range(3):
+        before = s.probabilities().detach().clone()
+        s.arch_step(t)
+        pairs = s._pairs
+        after = s.probabilities().detach()
+        assert (pairs[s.searched].sum(dim=1) == 2).all()
+        grad = s.policy.logits.grad
+        assert (grad[~pairs] == 0).all()  # no gradient outside the two drawn options
+        others = ~pairs & s.policy.valid
+        assert torch.allclose(after[others], before[others], rtol=0, atol=1e-12)
+        mass = (after * pairs).sum(dim=1)
+        assert torch.allclose(mass, (before * pairs).sum(dim=1), atol=1e-12)
+    assert not torch.equal(s.probabilities().detach(), make_search().probabilities().detach())
+
+
 def test_gumbel_temperature_is_annealed_per_epoch():
     s = make_search(relaxation="gumbel", loss="fbnet_log")
     n = s.steps_per_epoch

@@ -93,6 +93,8 @@ class Sample:
     indices: list[int]
     mixed: list[bool]
     weights: dict[int, torch.Tensor] | None = None
+    #: relaxed decisions whose other options are not computed (ProxylessNAS's two paths)
+    run: dict[int, list[int]] | None = None
 
     @classmethod
     def of(cls, indices) -> Sample:
@@ -126,6 +128,12 @@ class Choice:
         if self.position is None or not s.weights:
             return None
         return s.weights.get(self.position)
+
+    def computed(self, s: Sample) -> list[int]:
+        """The options a relaxed pass computes: all, or the ones `s.run` names."""
+        if s.run and self.position in s.run:
+            return s.run[self.position]
+        return list(range(len(self.options)))
 
 
 def weighted_sum(outputs: list[torch.Tensor | None], weights: torch.Tensor) -> torch.Tensor | None:
@@ -222,7 +230,11 @@ class KernelSwitch(nn.Module):
     def forward(self, x: torch.Tensor, c_out: int, s: Sample, trace: Trace) -> torch.Tensor:
         relaxed = self.choice.relaxed(s)
         if relaxed is not None:
-            return weighted_sum([conv(x, c_out, trace) for conv in self.convs], relaxed)
+            run = self.choice.computed(s)
+            outputs = [
+                conv(x, c_out, trace) if b in run else None for b, conv in enumerate(self.convs)
+            ]
+            return weighted_sum(outputs, relaxed)
         branches, weight = self.choice.branches(s)
         y = self.convs[branches[0]](x, c_out, trace)
         for b in branches[1:]:
@@ -318,7 +330,11 @@ class SuperIBN(Layer):
         relaxed_se = self.se.relaxed(s)
         branches, weight = self.se.branches(s)
         if relaxed_se is not None:
-            outputs = [self.squeeze(y, trace) if on else y for on in self.se.options]
+            run = self.se.computed(s)
+            outputs = [
+                (self.squeeze(y, trace) if on else y) if b in run else None
+                for b, on in enumerate(self.se.options)
+            ]
             y = weighted_sum(outputs, relaxed_se)
         elif len(branches) > 1:  # op warmup: ½·y + ½·SE(y)
             y = weight * (y + self.squeeze(y, trace))
@@ -345,9 +361,10 @@ class OpChoice(Layer):
     def forward(self, x, width, s, trace):
         relaxed = self.choice.relaxed(s)
         if relaxed is not None:
+            run = self.choice.computed(s)
             outputs = [
-                None if zero else layer(x, width, s, trace)
-                for layer, zero in zip(self.layers, self.is_zero, strict=True)
+                None if zero or b not in run else layer(x, width, s, trace)
+                for b, (layer, zero) in enumerate(zip(self.layers, self.is_zero, strict=True))
             ]
             y = weighted_sum(outputs, relaxed)
             if self.residual:

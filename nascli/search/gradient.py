@@ -66,6 +66,10 @@ class GradientSettings(BudgetSettings):
 
     name: str = option("proxyless", choices=("proxyless", "fbnet"))
     relaxation: str = option("binary", choices=RELAXATIONS)
+    #: binary only. full: every option under one-hot gates (the code's full / full_v2, whose
+    #: gradients are the same). two: two options drawn without replacement per decision, the
+    #: gradient over them only, then α rescaled so the other options' probabilities stay put.
+    binary_mode: str = option("full", choices=("full", "two"))
     loss: str = option("mul_log", choices=LOSSES)
     loss_alpha: float = option(0.2, gt=0, le=1000)  # α of mul_log and fbnet_log
     loss_beta: float = option(0.3, ge=0, le=100)  # β of mul_log (0.3) and fbnet_log (0.6)
@@ -208,6 +212,7 @@ class GradientSearch(Strategy):
         self.checkpoint_every = settings.checkpoint_every
         self.controller = type("ArchParameters", (), {"name": "architecture parameters"})()
         self.archs, self.valid_per_arch = 1, train_cfg.batch_size
+        self._pairs: torch.Tensor | None = None  # the last α step's two paths
 
     # ------------------------------------------------------------------ the driver's view
     @property
@@ -352,10 +357,20 @@ class GradientSearch(Strategy):
         images, labels = self.valid_batches.get(t)
         probs = self.probabilities()
         indices = self.sample_indices(t, 13)
+        pairs = None
+        if self.settings.relaxation == "binary" and self.settings.binary_mode == "two":
+            pairs = self.two_paths(t)
+            logits = self.policy.logits.masked_fill(~pairs, -math.inf)
+            probs = logits.softmax(dim=1)  # over each decision's two drawn options
+            generator = keyed_generator(self.seed, t, 19)
+            drawn = torch.multinomial(probs.detach().float().cpu(), 1, generator=generator)
+            indices = drawn[:, 0].to(indices.device)
         if self.settings.relaxation == "binary":
             one_hot = F.one_hot(indices, probs.shape[1]).to(probs.dtype)
             gates = one_hot + probs - probs.detach()  # forward: one-hot; backward: ∂p/∂α
             sample = self.relaxed_sample(indices, gates)
+            if pairs is not None:
+                sample.run = {d: pairs[d].nonzero()[:, 0].tolist() for d in self.searched}
             expected = self.expected_cost(probs)
         else:
             weights = self.relaxed_weights(t, grad=True)
@@ -374,7 +389,38 @@ class GradientSearch(Strategy):
             grad[zero] = 0
         grad.masked_fill_(~self.policy.valid, 0.0)
         quality = float((logits.argmax(1) == labels).float().mean())
+        self._pairs = pairs
         return loss.detach(), expected.detach(), quality
+
+    def two_paths(self, t: int) -> torch.Tensor:
+        """(D, C) bool: two options per searched decision drawn from softmax(α) without
+        replacement (single-choice decisions: their one option)."""
+        probs = self.probabilities().detach().float().cpu()
+        pairs = torch.zeros(probs.shape, dtype=torch.bool)
+        pairs[:, 0] = True
+        generator = keyed_generator(self.seed, t, 17)
+        rows = torch.tensor(self.searched, dtype=torch.long)
+        if len(rows):
+            drawn = torch.multinomial(probs[rows], 2, replacement=False, generator=generator)
+            pairs[rows] = False
+            pairs[rows[:, None], drawn] = True
+        return pairs.to(self.policy.logits.device)
+
+    def arch_step(self, t: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One α update: the gradient, Adam, and in two-path mode ProxylessNAS's rescaling
+        (α_k −= log Σ_{S} e^{α_new} − log Σ_{S} e^{α_old} over each decision's pair S)."""
+        old = self.policy.logits.detach().clone()
+        loss, cost, quality = self.arch_gradient(t)
+        self.arch_optimizer.step()
+        with torch.no_grad():
+            logits = self.policy.logits
+            if self._pairs is not None:
+                pairs = self._pairs
+                new_mass = logits.masked_fill(~pairs, -math.inf).logsumexp(dim=1, keepdim=True)
+                old_mass = old.masked_fill(~pairs, -math.inf).logsumexp(dim=1, keepdim=True)
+                logits.sub_(torch.where(pairs, new_mass - old_mass, torch.zeros_like(logits)))
+            logits.masked_fill_(~self.policy.valid, 0.0)  # invalid options stay −∞ in softmax
+        return loss, cost, quality
 
     def train_step(self) -> GradientRecord:
         t = self.step
@@ -383,10 +429,7 @@ class GradientSearch(Strategy):
         warm = t < round(s.warmup_fraction * self.total_steps)
         arch_loss = expected = quality = None
         if not warm and (t % s.arch_update_every == 0):
-            loss, cost, quality = self.arch_gradient(t)
-            self.arch_optimizer.step()
-            with torch.no_grad():  # invalid options stay at −∞ in every softmax
-                self.policy.logits.masked_fill_(~self.policy.valid, 0.0)
+            loss, cost, quality = self.arch_step(t)
             arch_loss, expected = float(loss), float(cost)
         self.step += 1
         return GradientRecord(
