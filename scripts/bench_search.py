@@ -81,14 +81,21 @@ def make_search(space_name: str, batch: int, epochs: int = 20) -> TunasSearch:
     )
 
 
-def make_gradient(space_name: str, batch: int, relaxation: str) -> GradientSearch:
+def make_gradient(
+    space_name: str, batch: int, relaxation: str, binary_mode: str = "full"
+) -> GradientSearch:
     """The gradient strategy on the same data, recipe and cost as `make_search`, with an
     architecture step after every weight step and no warm-up."""
     tunas = make_search(space_name, batch)
     loss = "mul_log" if relaxation == "binary" else "fbnet_log"
     name = "proxyless" if relaxation == "binary" else "fbnet"
     settings = GradientSettings(
-        name=name, relaxation=relaxation, loss=loss, warmup_fraction=0.0, arch_update_every=1
+        name=name,
+        relaxation=relaxation,
+        loss=loss,
+        warmup_fraction=0.0,
+        arch_update_every=1,
+        binary_mode=binary_mode,
     )
     torch.manual_seed(0)
     return GradientSearch(
@@ -110,9 +117,17 @@ def child_train_step(search, indices: list[int], t: int) -> float:
     return time.perf_counter() - start
 
 
-def time_gradient(space: str, archs: int, batch: int, relaxation: str) -> dict[str, float]:
+#: the rows of `--gradient`: (name, relaxation, binary mode)
+GRADIENT_KINDS = {
+    "proxyless": ("binary", "full"),
+    "proxyless_two": ("binary", "two"),
+    "fbnet": ("gumbel", "full"),
+}
+
+
+def time_gradient(space: str, archs: int, batch: int, kind: str) -> dict[str, float]:
     """Median seconds of the weight step, the architecture step and the child's train step."""
-    search = make_gradient(space, batch, relaxation)
+    search = make_gradient(space, batch, *GRADIENT_KINDS[kind])
     weight, arch, alone = [], [], []
     for t in range(archs + 2):
         start = time.perf_counter()
@@ -204,8 +219,8 @@ def memory_worker(kind: str, space: str, batch: int, steps: int) -> None:
     search = make_search(space, batch)
     model = search.net.extract(largest_child(space)).train() if kind == "alone" else None
     gradient = None
-    if kind in ("proxyless", "fbnet"):
-        gradient = make_gradient(space, batch, "binary" if kind == "proxyless" else "gumbel")
+    if kind in GRADIENT_KINDS:
+        gradient = make_gradient(space, batch, *GRADIENT_KINDS[kind])
         del search.net  # only the gradient strategy's supernet is resident
         search.net = gradient.net
     net_mib = sum(p.numel() * p.element_size() for p in (model or search.net).parameters())
@@ -216,7 +231,7 @@ def memory_worker(kind: str, space: str, batch: int, steps: int) -> None:
         for t in range(steps):
             if kind == "search":
                 search.train_step()
-            elif kind in ("proxyless", "fbnet"):
+            elif kind in GRADIENT_KINDS:
                 gradient.train_step()
             else:
                 standalone_step(search, [], t, model)
@@ -239,7 +254,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--worker", choices=("search", "alone", "proxyless", "fbnet"))
+    parser.add_argument("--worker", choices=("search", "alone", *GRADIENT_KINDS))
     parser.add_argument("--gradient", action="store_true", help="the gradient strategies' rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -288,11 +303,12 @@ def gradient_table(args: argparse.Namespace, console: Console) -> None:
     for column in ("", "weight step ms", "architecture step ms", "child alone ms",
                    "weight / alone", "peak memory growth", "memory / largest child"):  # fmt: skip
         table.add_column(column, justify="right")
-    for kind, relaxation in (("proxyless", "binary"), ("fbnet", "gumbel")):
-        times = time_gradient(args.space, args.archs, args.batch, relaxation)
+    for kind, (relaxation, mode) in GRADIENT_KINDS.items():
+        times = time_gradient(args.space, args.archs, args.batch, kind)
         memory = memory_growth(kind, args.space, args.batch, args.threads, args.steps)
+        label = f"{kind} ({relaxation}{', two paths' if mode == 'two' else ''})"
         table.add_row(
-            f"{kind} ({relaxation})", f"{times['weight'] * 1e3:.0f}", f"{times['arch'] * 1e3:.0f}",
+            label, f"{times['weight'] * 1e3:.0f}", f"{times['arch'] * 1e3:.0f}",
             f"{times['alone'] * 1e3:.0f}", f"{times['weight'] / times['alone']:.2f}",
             f"{memory:.0f} MiB", f"{memory / alone_mem:.2f}",
         )  # fmt: skip

@@ -210,8 +210,6 @@ class GradientSearch(Strategy):
         self.step = 0
         self.log_every = settings.log_every
         self.checkpoint_every = settings.checkpoint_every
-        self.controller = type("ArchParameters", (), {"name": "architecture parameters"})()
-        self.archs, self.valid_per_arch = 1, train_cfg.batch_size
         self._pairs: torch.Tensor | None = None  # the last α step's two paths
 
     # ------------------------------------------------------------------ the driver's view
