@@ -47,14 +47,17 @@ from nascli.data.source import DataSource
 from nascli.errors import NascliError
 from nascli.nn.supernet import Sample, Supernet, SupernetInit
 from nascli.search.budgets import BatchBudgets, BudgetSettings, limits_of
-from nascli.search.driver import Strategy
 from nascli.search.policy import CategoricalPolicy
-from nascli.search.tunas import Batches, likeliest_within, probability_columns
+from nascli.search.tunas import (
+    Batches,
+    SupernetSearch,
+    likeliest_within,
+    probability_columns,
+)
 from nascli.settings import check_fields, option
 from nascli.space.schema import Zero
 from nascli.train.distributed import Context
-from nascli.train.engine import TrainingDiverged
-from nascli.train.optim import build_optimizer, learning_rate
+from nascli.train.optim import build_optimizer
 
 RELAXATIONS = ("binary", "gumbel", "softmax")
 LOSSES = ("mul_log", "add_linear", "fbnet_log")
@@ -139,10 +142,8 @@ class GradientRecord:
     cost: float  # of the child the weight step trained (binary) or of argmax α
 
 
-class GradientSearch(Strategy):
+class GradientSearch(SupernetSearch):
     """α, the supernet and its optimiser, and one step of the search."""
-
-    unit = "step"
 
     def __init__(
         self,
@@ -213,23 +214,6 @@ class GradientSearch(Strategy):
         self._pairs: torch.Tensor | None = None  # the last α step's two paths
 
     # ------------------------------------------------------------------ the driver's view
-    @property
-    def position(self) -> int:
-        return self.step
-
-    @property
-    def total(self) -> int:
-        return self.total_steps
-
-    def advance(self) -> GradientRecord:
-        record = self.train_step()
-        if not math.isfinite(record.train_loss):
-            raise TrainingDiverged(
-                f"the supernet's loss became NaN/inf at step {record.step}; lower "
-                "train.lr_per_256 (the last good checkpoint is last.pt in the run directory)"
-            )
-        return record
-
     def log_row(self, record: GradientRecord, seconds: float) -> dict[str, Any] | None:
         if record.step % self.log_every and self.step != self.total_steps:
             return None
@@ -317,11 +301,6 @@ class GradientSearch(Strategy):
         return self.cost_model.expected(vectors)
 
     # ------------------------------------------------------------------ one step
-    def learning_rate(self, t: int) -> float:
-        return learning_rate(
-            t, self.total_steps, self.peak_lr, self.warmup_steps, self.train_cfg.schedule
-        )
-
     def update_weights(self, t: int) -> tuple[float, torch.Tensor]:
         """One shared-weight step on train batch t: the sampled child (binary) or the relaxed
         mixture with α fixed. Returns the loss and the indices the cost column reports."""

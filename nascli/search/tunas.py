@@ -195,7 +195,42 @@ def check_search_recipe(train_cfg: Any) -> None:
         )
 
 
-class TunasSearch(Strategy):
+class SupernetSearch(Strategy):
+    """What the strategies training a weight-shared supernet step by step share: the position,
+    the learning-rate schedule and the divergence check. A subclass sets `step`, `total_steps`,
+    `peak_lr`, `warmup_steps` and `train_cfg`, and implements `train_step`."""
+
+    unit = "step"
+    step: int
+    total_steps: int
+
+    @property
+    def position(self) -> int:
+        return self.step
+
+    @property
+    def total(self) -> int:
+        return self.total_steps
+
+    def advance(self) -> Any:
+        record = self.train_step()
+        if not math.isfinite(record.train_loss):
+            raise TrainingDiverged(
+                f"the supernet's loss became NaN/inf at step {record.step}; lower "
+                "train.lr_per_256 (the last good checkpoint is last.pt in the run directory)"
+            )
+        return record
+
+    def learning_rate(self, t: int) -> float:
+        return learning_rate(
+            t, self.total_steps, self.peak_lr, self.warmup_steps, self.train_cfg.schedule
+        )
+
+    def train_step(self) -> Any:
+        raise NotImplementedError
+
+
+class TunasSearch(SupernetSearch):
     """The search state (supernet, optimisers, policy, baseline) and one step of it."""
 
     unit = "step"
@@ -273,23 +308,6 @@ class TunasSearch(Strategy):
         self.checkpoint_every = settings.checkpoint_every
 
     # ------------------------------------------------------------------ the driver's view
-    @property
-    def position(self) -> int:
-        return self.step
-
-    @property
-    def total(self) -> int:
-        return self.total_steps
-
-    def advance(self) -> StepRecord:
-        record = self.train_step()
-        if not math.isfinite(record.train_loss):
-            raise TrainingDiverged(
-                f"the supernet's loss became NaN/inf at step {record.step}; lower "
-                "train.lr_per_256 (the last good checkpoint is last.pt in the run directory)"
-            )
-        return record
-
     def log_row(self, record: StepRecord, seconds: float) -> dict[str, Any] | None:
         """One `search_log.csv` row: step means over the step's architectures, and the policy."""
         if record.step % self.log_every and self.step != self.total_steps:
@@ -353,11 +371,6 @@ class TunasSearch(Strategy):
         generator = keyed_generator(self.seed, step, 7)
         indices = self.policy.sample(self.archs, generator)
         return apply_warmup(self.policy, indices, p_op, p_filter, generator)
-
-    def learning_rate(self, t: int) -> float:
-        return learning_rate(
-            t, self.total_steps, self.peak_lr, self.warmup_steps, self.train_cfg.schedule
-        )
 
     def warmups(self, t: int) -> tuple[float, float]:
         """(p_op, p_filter) at step t (TuNAS's op and filter warmups)."""
