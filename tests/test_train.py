@@ -299,3 +299,18 @@ def test_without_a_terminal_progress_prints_a_plain_line_every_tenth():
     # On a terminal the bar draws instead; a disabled bar (other ranks) prints nothing.
     assert not progress_bar(Console(file=io.StringIO(), force_terminal=True)).plain
     assert not progress_bar(console, enabled=False).plain
+
+
+def test_a_setting_added_later_at_null_keeps_older_checkpoints_resumable(tmp_path):
+    path = tmp_path / "last.pt"
+    stored = {"space": {"name": "proxylessnas", "width_multiplier": 1.0}, "seed": 0}
+    save_checkpoint(path, {"fingerprint": stored, "x": 1})
+    newer = {"space": {"name": "proxylessnas", "width_multiplier": 1.0, "layers": None}, "seed": 0}
+    assert load_checkpoint(path, newer)["x"] == 1
+    for changed in (
+        {"space": {"name": "proxylessnas", "width_multiplier": 1.0, "layers": 6}, "seed": 0},
+        {"space": {"name": "proxylessnas", "width_multiplier": 0.5}, "seed": 0},
+        {"space": {"name": "proxylessnas"}, "seed": 0},  # a stored setting gone
+    ):
+        with pytest.raises(NascliError, match="differs in: space"):
+            load_checkpoint(path, changed)

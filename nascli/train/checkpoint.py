@@ -26,6 +26,21 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save({"format": FORMAT, **state}, tmp)
 
 
+def same_fingerprint(stored: Any, current: Any) -> bool:
+    """Whether a checkpoint's fingerprint matches this run's. A setting missing from the stored
+    one (added to nascli after the run started) matches when this run's value is null, so a new
+    setting whose null default keeps the old behaviour does not orphan older runs."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        keys = {*stored, *current}
+        return all(
+            same_fingerprint(stored[k], current[k])
+            if k in stored and k in current
+            else (current.get(k) is None and k not in stored)
+            for k in keys
+        )
+    return stored == current
+
+
 def load_checkpoint(path: Path, fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read a checkpoint this version of nascli wrote; check it belongs to this run if asked."""
     try:
@@ -37,9 +52,13 @@ def load_checkpoint(path: Path, fingerprint: dict[str, Any] | None = None) -> di
         raise NascliError(f"{path} is not a readable nascli checkpoint (truncated)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise NascliError(f"{path} is not a nascli checkpoint (expected format {FORMAT})")
-    if fingerprint is not None and state.get("fingerprint") != fingerprint:
+    if fingerprint is not None and not same_fingerprint(state.get("fingerprint"), fingerprint):
         theirs = state.get("fingerprint") or {}
-        changed = sorted(k for k in {*theirs, *fingerprint} if theirs.get(k) != fingerprint.get(k))
+        changed = sorted(
+            k
+            for k in {*theirs, *fingerprint}
+            if not same_fingerprint(theirs.get(k), fingerprint.get(k))
+        )
         raise NascliError(
             f"{path} belongs to a different run (differs in: {', '.join(changed)}); "
             "use a new out= or the original settings"
