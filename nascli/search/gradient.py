@@ -22,7 +22,8 @@ saw). Weights and α have separate optimisers: α is not a supernet parameter.
   `mul#log`, here `mul_log` since `#` cannot stand in a command-line override):
   `mul_log` α_r·CE·(log E[cost] / log target)^β with α_r = 0.2, β = 0.3; the paper's additive
   form is `add_linear` (the code's `add#linear`), CE + λ·(E[cost] − target)/target, λ = 0.1.
-* `gumbel` (FBNet): weights m = softmax((α + g)/τ), g ~ Gumbel(0, 1), one draw per batch,
+* `gumbel` (FBNet): weights m = softmax((α + g)/τ), g ~ Gumbel(0, 1), one draw per step (its
+  weight and θ updates share it),
   τ = 5·exp(−0.045·epoch); both steps run every option with m (detached in the weight step).
   Loss CE·α_r·(log E_m[cost])^β with α_r = 0.2, β = 0.6 (`fbnet_log`).
 * `softmax` (first-order DARTS): m = softmax(α), no noise, no temperature.
