@@ -42,7 +42,7 @@ EPILOG = "Hydra's own options: --cfg job | --info | -m key=a,b | --hydra-help."
 COMMANDS: dict[str, tuple[str, str | None, bool]] = {
     "search": (
         "Search a space for an architecture under a cost target "
-        "(strategy=tunas|random|zen|nasrl, controller=lstm for an RL one). "
+        "(strategy=tunas|random|zen|nasrl|grid|proxyless|fbnet, controller=lstm for an RL one). "
         "With no overrides: TuNAS on the embedded digits, Pixel-1 latency target, minutes on a "
         "CPU; rerun with out=<run dir> to resume.",
         "nascli.jobs.search",
