@@ -44,10 +44,15 @@ def make_search(space_name="proxylessnas", cost="pixel1", **settings):
 
 
 def test_binary_gates_give_proxylessnas_gradient_through_the_softmax_jacobian():
-    alpha = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(100):  # the forward pass is exactly one-hot, whatever α is
+        alpha = torch.randn(4, dtype=torch.float64, generator=generator)
+        p = alpha.softmax(0)
+        gates = torch.nn.functional.one_hot(torch.tensor(2), 4).double() + (p - p.detach())
+        assert torch.equal(gates, torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=torch.float64))
+    alpha.requires_grad_(True)
     p = alpha.softmax(0)
-    gates = torch.nn.functional.one_hot(torch.tensor(2), 4).double() + p - p.detach()
-    assert torch.equal(gates.detach(), torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=torch.float64))
+    gates = torch.nn.functional.one_hot(torch.tensor(2), 4).double() + (p - p.detach())
     dl_dg = torch.tensor([0.3, -1.2, 0.7, 2.0], dtype=torch.float64)
     (gates * dl_dg).sum().backward()
     q = p.detach()
@@ -57,7 +62,7 @@ def test_binary_gates_give_proxylessnas_gradient_through_the_softmax_jacobian():
     assert torch.allclose(alpha.grad, expected)
     alpha.grad = None  # equal gate gradients move nothing (methods §2.4, mistake 3)
     p = alpha.softmax(0)
-    ((torch.nn.functional.one_hot(torch.tensor(0), 4) + p - p.detach()) * 5.0).sum().backward()
+    ((torch.nn.functional.one_hot(torch.tensor(0), 4) + (p - p.detach())) * 5.0).sum().backward()
     assert alpha.grad.abs().max() < 1e-12
 
 
@@ -65,7 +70,7 @@ def test_a_one_hot_relaxed_forward_is_the_sampled_child():
     s = make_search()
     indices = s.sample_indices(0, 1)
     probs = s.probabilities().detach()
-    gates = torch.nn.functional.one_hot(indices, probs.shape[1]).double() + probs - probs
+    gates = torch.nn.functional.one_hot(indices, probs.shape[1]).double() + (probs - probs)
     x = torch.randn(8, 1, 16, 16)
     s.net.train()
     child = s.net(x, Sample.of(indices.tolist()))

@@ -345,7 +345,8 @@ class GradientSearch(SupernetSearch):
             indices = drawn[:, 0].to(indices.device)
         if self.settings.relaxation == "binary":
             one_hot = F.one_hot(indices, probs.shape[1]).to(probs.dtype)
-            gates = one_hot + probs - probs.detach()  # forward: one-hot; backward: ∂p/∂α
+            # forward: exactly one-hot (p − p is 0); backward: ∂p/∂α
+            gates = one_hot + (probs - probs.detach())
             sample = self.relaxed_sample(indices, gates)
             if pairs is not None:
                 sample.run = {d: pairs[d].nonzero()[:, 0].tolist() for d in self.searched}
