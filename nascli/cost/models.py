@@ -102,7 +102,7 @@ def compiled_analytic(
 
 def compiled_analytics(
     space: SearchSpace, settings: NetworkSettings, metrics: tuple[str, ...]
-) -> dict[str, CompiledCost]:
+) -> dict[str, CompiledCost | DecodedCost]:
     """Several analytic costs compiled together (each layer combination decoded once); in a
     NAS-RL space, decoded per architecture."""
     values = [_analytic_value(metric) for metric in metrics]
@@ -152,8 +152,6 @@ class LutCost(Compiled):
 
     def __init__(self, space: SearchSpace, settings: NetworkSettings, table: LookupTable):
         super().__init__(space, settings)
-        if space.graph:
-            raise NascliError(LUT_GRAPH)
         self.table = table
         c = {**NO_CORRECTION, **table.correction}
 

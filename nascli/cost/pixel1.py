@@ -142,15 +142,15 @@ class Pixel1Model:
     def __init__(self, space: SearchSpace):
         from nascli.space.depth import split_name
 
-        if space.graph:
-            raise NascliError(
-                f"cost=tunas_pixel1 models TuNAS's three spaces only, not {space.name}: use "
+        if space.graph or split_name(space.name)[1] != 1:
+            others = (
                 "cost=macs, cost=params or cost=measured"
+                if space.graph  # no latency table either (cost/models.py)
+                else "cost=macs, cost=lut or cost=measured with space.depth_multiplier"
             )
-        if split_name(space.name)[1] != 1:
             raise NascliError(
                 f"cost=tunas_pixel1 models TuNAS's three spaces only, not {space.name}: use "
-                "cost=macs, cost=lut or cost=measured with space.depth_multiplier"
+                + others
             )
         self.space = space
         self.pieces, dim = feature_pieces(space)

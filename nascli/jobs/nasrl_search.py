@@ -41,7 +41,7 @@ from nascli.search.evaluator import EvaluatorSpec, evaluate_in_processes
 from nascli.search.nasrl import NasrlSearch, NasrlSettings
 from nascli.search.policy import CategoricalPolicy, PolicyAdam, make_controller
 from nascli.search.tunas import default_target
-from nascli.space.arch import graph_layers, parse_indices
+from nascli.space.arch import parse_indices
 from nascli.space.network import decode
 from nascli.train.distributed import context, world_size
 
@@ -123,7 +123,7 @@ def run_nasrl(cfg: DictConfig) -> None:
         every = settings.depth_every or 1
         header += (
             f" · depth {settings.depth_start} layers, + {settings.depth_step} every {every} "
-            f"children, at most {graph_layers(space)}"
+            f"children, at most {space.graph_layers}"
         )
     rows, seconds = drive(search, out, fingerprint(cfg), console, header)
     best = search.best()

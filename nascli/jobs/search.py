@@ -28,7 +28,7 @@ from nascli.config import (
     run_directory,
 )
 from nascli.cost.analytic import network_cost
-from nascli.cost.models import make_cost_model
+from nascli.cost.models import CostModel, make_cost_model
 from nascli.data import load_data
 from nascli.errors import NascliError
 from nascli.files import write_json
@@ -49,8 +49,9 @@ from nascli.search.tunas import (
     default_target,
 )
 from nascli.space.arch import Architecture
-from nascli.space.network import decode
-from nascli.train.distributed import context
+from nascli.space.network import NetworkSettings, decode
+from nascli.space.spaces import SearchSpace
+from nascli.train.distributed import Context, context
 from nascli.train.engine import (
     check_replicas,
 )
@@ -73,21 +74,34 @@ def run(cfg: DictConfig) -> None:
     resolve(STRATEGIES[name].job)(cfg)
 
 
+def supernet_setup(
+    cfg: DictConfig, ctx: Context
+) -> tuple[SearchSpace, NetworkSettings, CostModel, float | None]:
+    """What every weight-sharing strategy checks and builds first: its recipe, a space that has
+    a supernet, the network settings, the cost model and the target."""
+    check_search_recipe(cfg.train)
+    space = configured_space(cfg)
+    if space.graph:
+        raise NascliError(
+            f"strategy={cfg.strategy.name} trains a weight-sharing supernet, which {space.name} "
+            "has none of: use strategy=nasrl, strategy=zen or nascli random-baseline"
+        )
+    net_settings = network_settings(cfg)
+    cost_model = make_cost_model(cfg.cost, space, net_settings, str(ctx.device))
+    return (
+        space,
+        net_settings,
+        cost_model,
+        default_target(cfg.cost.name, space.name, cfg.cost.target),
+    )
+
+
 def run_tunas(cfg: DictConfig) -> None:
     started = time.perf_counter()
     ctx = context(cfg.device)
     console = RunConsole(quiet=not ctx.is_main)
     settings = TunasSettings.from_config(cfg.strategy)
-    check_search_recipe(cfg.train)
-    space = configured_space(cfg)
-    if space.graph:
-        raise NascliError(
-            f"strategy=tunas trains a weight-sharing supernet, which {space.name} has none of: "
-            "use strategy=nasrl, strategy=zen or nascli random-baseline"
-        )
-    net_settings = network_settings(cfg)
-    cost_model = make_cost_model(cfg.cost, space, net_settings, str(ctx.device))
-    target = default_target(cfg.cost.name, space.name, cfg.cost.target)
+    space, net_settings, cost_model, target = supernet_setup(cfg, ctx)
     if target is None and settings.reward != "quality":
         raise NascliError(
             f"cost={cfg.cost.name} has no default target: set cost.target=<{cost_model.units}> "
@@ -137,16 +151,7 @@ def run_gradient(cfg: DictConfig) -> None:
         )
     console = RunConsole()
     settings = GradientSettings.from_config(cfg.strategy)
-    check_search_recipe(cfg.train)
-    space = configured_space(cfg)
-    if space.graph:
-        raise NascliError(
-            f"strategy={settings.name} trains a weight-sharing supernet, which {space.name} has "
-            "none of: use strategy=nasrl, strategy=zen or nascli random-baseline"
-        )
-    net_settings = network_settings(cfg)
-    cost_model = make_cost_model(cfg.cost, space, net_settings, str(ctx.device))
-    target = default_target(cfg.cost.name, space.name, cfg.cost.target)
+    space, net_settings, cost_model, target = supernet_setup(cfg, ctx)
     data = load_data(cfg.data)
     torch.manual_seed(cfg.seed)
     supernet = Supernet(space, net_settings, settings.supernet_init)

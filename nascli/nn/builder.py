@@ -97,10 +97,7 @@ def build_layer(layer: LayerArgs) -> nn.Module:
 def layer_modules(model: MobileNet) -> list[nn.Module]:
     """The modules of a `build_model` model that compute its network's layers, in order (the
     classifier without the flatten and dropout before it)."""
-    modules = list(model.features.children())
-    if modules and isinstance(modules[0], GraphFeatures):
-        modules = [*modules[0].layers, *modules[1:]]
-    return [*modules, model.classifier]
+    return [*model.features.children(), model.classifier]
 
 
 def before_pooling(model: MobileNet) -> nn.Sequential:

@@ -35,7 +35,7 @@ from nascli.search.evaluator import Evaluator
 from nascli.search.policy import Controller
 from nascli.search.rewards import EmaBaseline
 from nascli.settings import check_fields, option
-from nascli.space.arch import format_indices, graph_layers, graph_prefix_space_of_depth
+from nascli.space.arch import format_indices, graph_prefix_space_of_depth
 from nascli.space.network import decode
 from nascli.space.spaces import SearchSpace
 
@@ -138,7 +138,7 @@ class NasrlSearch(Strategy):
         space = self.controller.space
         if not space.graph or self.settings.depth_start is None:
             return space.num_decisions
-        depth = self.settings.depth(child, graph_layers(space))
+        depth = self.settings.depth(child, space.graph_layers)
         return graph_prefix_space_of_depth(space, depth).num_decisions
 
     def advance(self) -> dict[str, Any] | None:
@@ -165,7 +165,7 @@ class NasrlSearch(Strategy):
                 "child": number,
                 "step": step,
                 "indices": format_indices(indices),
-                "layers": graph_layers(self.evaluator.space_of(indices)) or None,
+                "layers": self.evaluator.space_of(indices).graph_layers or None,
                 "cost": self.cost_of(indices),
                 "reward": reward,
                 **result,

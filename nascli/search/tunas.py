@@ -233,7 +233,6 @@ class SupernetSearch(Strategy):
 class TunasSearch(SupernetSearch):
     """The search state (supernet, optimisers, policy, baseline) and one step of it."""
 
-    unit = "step"
     name = "tunas"
 
     def __init__(

@@ -11,7 +11,6 @@ import torch
 from nascli.errors import NascliError
 from nascli.space.depth import deepen_indices, deepen_space, split_name
 from nascli.space.references import references_in
-from nascli.space.schema import GraphConv
 from nascli.space.spaces import ALL_SPACES, GRAPH_SPACES, SPACES, SearchSpace, nasrl
 
 LAYERS_SEPARATOR = "@layers"
@@ -50,16 +49,9 @@ def graph_prefix_space(space: SearchSpace, length: int) -> SearchSpace:
     raise NascliError(f"{length} indices are no depth of space {space.name}")
 
 
-def graph_layers(space: SearchSpace) -> int:
-    """The number of NAS-RL layers of `space` (0 for the TuNAS spaces)."""
-    return sum(
-        1 for block in space.blocks for layer in block.layers if isinstance(layer, GraphConv)
-    )
-
-
 def graph_prefix_space_of_depth(space: SearchSpace, layers: int) -> SearchSpace:
     """`space` (a NAS-RL space) at `layers` layers."""
-    if layers == graph_layers(space):
+    if layers == space.graph_layers:
         return space
     return _graph_space(space.name.partition(LAYERS_SEPARATOR)[0], layers)
 

@@ -78,10 +78,15 @@ class SearchSpace:
         return tuple(s for layer in layers if (s := getattr(layer, "stride", 1)) > 1)
 
     @cached_property
+    def graph_layers(self) -> int:
+        """How many NAS-RL layers (`GraphConv`) the space has; 0 for the TuNAS spaces."""
+        return sum(isinstance(layer, GraphConv) for block in self.blocks for layer in block.layers)
+
+    @property
     def graph(self) -> bool:
         """Whether layers take concatenations of earlier layers (NAS-RL's space): such a space
         has no weight-sharing supernet and no per-block compiled costs."""
-        return any(isinstance(layer, GraphConv) for block in self.blocks for layer in block.layers)
+        return self.graph_layers > 0
 
     @property
     def num_decisions(self) -> int:
