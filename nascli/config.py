@@ -142,6 +142,18 @@ class BoardConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """`budget.*` of `nascli search` and `random-baseline`: hard budgets for whichever strategy
+    runs, the same as its `strategy.max_<name>` (a `board=` sets `sram` and `flash`)."""
+
+    params: float | None = option(None, gt=0)
+    macs: float | None = option(None, gt=0)
+    peak_memory: float | None = option(None, gt=0)  # bytes (fp32 live set)
+    sram: float | None = option(None, gt=0)  # bytes (int8 peak activation, MCUNet)
+    flash: float | None = option(None, gt=0)  # bytes (int8 weights + int32 biases)
+
+
+@dataclass
 class DesignConfig:
     """`nascli design-space`: the grid of (width multiplier, resolution) spaces and samples."""
 
@@ -171,6 +183,8 @@ class Config:
     # `nascli design-space`: the board's memories and the grid (conf/design_space.yaml).
     board: Any = None
     design: Any = None
+    # `nascli search`'s hard budgets, strategy-independent (conf/search.yaml).
+    budget: Any = None
     seed: int = option(0, ge=0, lt=2**32)
     device: str = option(
         "auto", text="auto, cpu, cuda, cuda:N or mps", pattern=r"auto|cpu|cuda(:\d+)?|mps"
@@ -223,6 +237,29 @@ def strategy_settings(cfg: Any) -> Any:
     return resolve(STRATEGIES[name].settings).from_config(cfg)
 
 
+def apply_budgets(cfg: DictConfig) -> None:
+    """Copy each `budget.<name>` into the strategy's `max_<name>`, so that strategies read
+    their budgets from their own settings alone (`nascli.search.budgets`). A budget given both
+    ways with different values is refused. A cost budget stays each strategy's own: the cost
+    target of TuNAS and the gradient strategies, the random baseline's window, Zen's and the
+    grid's `max_cost`."""
+    budget, strategy = cfg.get("budget"), cfg.get("strategy")
+    if not isinstance(budget, DictConfig) or not isinstance(strategy, DictConfig):
+        return
+    for name, value in check_fields(BudgetConfig, _plain(budget), "budget").items():
+        if value is None:
+            continue
+        key = f"max_{name}"
+        if key not in strategy:
+            raise NascliError(f"budget.{name}: strategy {strategy.get('name')} takes no {key}")
+        given = strategy[key]
+        if given is not None and float(given) != float(value):
+            raise NascliError(
+                f"budget.{name}={value:g} and strategy.{key}={given:g} disagree: give one"
+            )
+        strategy[key] = value
+
+
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
@@ -241,6 +278,8 @@ def validate(cfg: DictConfig) -> None:
         check_fields(BoardConfig, _plain(cfg.board), "board")
     if isinstance(cfg.get("design"), DictConfig):
         design_grid(cfg)
+    if isinstance(cfg.get("budget"), DictConfig):
+        check_fields(BudgetConfig, _plain(cfg.budget), "budget")
     strategy_settings(cfg.strategy)
     controller_settings(cfg)
     network_settings(cfg)
@@ -352,6 +391,7 @@ def run_hydra_job(
         try:
             if not checked:
                 validate(cfg)
+            apply_budgets(cfg)  # checked by `precheck` too, but this is the job's own config
             own = write_run_dir and not lock.held and rank0
             if own:  # no plain out= given, or one job of a sweep
                 lock.directory = run_directory()
@@ -433,6 +473,7 @@ def precheck(config_name: str, overrides: list[str]) -> None:
         raise SystemExit(_usage(one_line(str(error)))) from None
     try:
         validate(cfg)
+        apply_budgets(cfg)
     except NascliError as error:
         raise SystemExit(_usage(str(error))) from None
 

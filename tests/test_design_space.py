@@ -78,9 +78,22 @@ def test_design_space_command_writes_the_ranking_and_the_winners_overrides(run_c
     assert (out / "plots" / "macs_cdf.png").stat().st_size > 0
 
 
+def test_budget_keys_override_the_boards_memories(run_cli, tmp_path):
+    grid = ("design.widths=[0.3,0.5]", "design.resolutions=[96,128]", "design.samples=50",
+            "data=synthetic", "data.in_channels=3")  # fmt: skip
+    out = tmp_path / "b"
+    result = run_cli("design-space", *grid, "budget.sram=100e3", f"out={out}")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sram_budget"] == 100_000 and summary["flash_budget"] == 1_000_000
+    none = run_cli("design-space", *grid, "board=none", f"out={tmp_path / 'n'}")
+    assert none.exit_code == 2 and "no budget: choose a board= or set budget.sram=" in none.output
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
+        ("budget.flash=0", "budget.flash=0.0: expected > 0"),
         ("design.widths=[0.5,0]", "design.widths=[0.5, 0]: expected a non-empty list"),
         ("design.resolutions=[96.5]", "design.resolutions=[96.5]: expected a non-empty list"),
         ("board.sram=-1", "board.sram=-1"),

@@ -16,10 +16,13 @@ from nascli.cli import ROOT_CONFIGS
 from nascli.config import (
     GROUP_SCHEMAS,
     BoardConfig,
+    BudgetConfig,
     Config,
     DesignConfig,
     ProxiesConfig,
+    apply_budgets,
     precheck,
+    strategy_settings,
 )
 from nascli.errors import NascliError
 from nascli.search.grid import GridSettings
@@ -106,6 +109,7 @@ OTHER_SCHEMAS = {
     "controller": ControllerSettings,
     "board": BoardConfig,
     "design": DesignConfig,
+    "budget": BudgetConfig,
 }
 
 #: (command's root config, overrides) covering every config group's schema once
@@ -242,6 +246,42 @@ def test_hostile_values_are_refused_in_one_line_or_accepted(
         assert outcomes["abc"] == "refused" and outcomes["0.5"] == "refused", key
 
 
+# ---------------------------------------------------------------- budgets
+
+BUDGETED = ["tunas_cpu", "random", "zen", "nasrl", "grid", "proxyless_cpu", "fbnet_cpu"]
+
+
+def _budgeted(strategy: str, *overrides: str):
+    with initialize_config_module(config_module="nascli.conf", version_base=None):
+        cfg = compose(config_name="search", overrides=[f"strategy={strategy}", *overrides])
+    apply_budgets(cfg)
+    return strategy_settings(cfg.strategy)
+
+
+@pytest.mark.parametrize("strategy", BUDGETED)
+def test_budget_keys_become_every_strategys_max_settings(strategy):
+    given = ("budget.params=1e6", "budget.macs=2e7", "budget.peak_memory=3e5",
+             "budget.sram=2e5", "budget.flash=9e5")  # fmt: skip
+    settings = _budgeted(strategy, *given)
+    got = [settings.max_params, settings.max_macs, settings.max_peak_memory,
+           settings.max_sram, settings.max_flash]  # fmt: skip
+    assert got == [1e6, 2e7, 3e5, 2e5, 9e5]
+    unset = _budgeted(strategy)
+    assert (unset.max_sram, unset.max_flash, unset.max_params) == (None, None, None)
+
+
+def test_a_board_sets_the_memory_budgets_of_a_search_and_a_budget_key_overrides_it():
+    board = _budgeted("tunas_cpu", "board=stm32f746")
+    assert (board.max_sram, board.max_flash) == (320_000, 1_000_000)
+    tighter = _budgeted("random", "board=stm32f412", "budget.sram=128e3")
+    assert (tighter.max_sram, tighter.max_flash) == (128_000, 1_000_000)
+    agreed = _budgeted("zen", "budget.flash=5e5", "strategy.max_flash=5e5")
+    assert agreed.max_flash == 5e5
+    disagree = r"budget\.flash=500000 and strategy\.max_flash=400000 disagree"
+    with pytest.raises(NascliError, match=disagree):
+        _budgeted("zen", "budget.flash=5e5", "strategy.max_flash=4e5")
+
+
 # ---------------------------------------------------------------- through the real command
 
 BAD = [
@@ -252,6 +292,8 @@ BAD = [
     ("search", "cost.target=-5", "cost.target=-5.0: expected > 0"),
     ("search", "space=foo", "Could not find 'space/foo'; Available options in 'space': mnv3"),
     ("random-baseline", "train.batch_size=abc", "Error merging override train.batch_size=abc"),
+    ("search", "budget.sram=-1", "budget.sram=-1.0: expected > 0"),
+    ("random-baseline", "board=stm32f7", "Could not find 'board/stm32f7'"),
 ]
 
 

@@ -185,6 +185,23 @@ def test_zen_search_command_writes_the_run_on_every_space(run_cli, tmp_path, spa
     assert json.loads((out / "arch.json").read_text())["indices"] == summary["indices"]
 
 
+def test_budget_keys_bound_the_search_like_the_strategys_own(run_cli, tmp_path):
+    """`budget.flash=` / `budget.sram=` are the strategy's `max_flash` / `max_sram`: the result
+    fits both and each budget rejected candidates; the two spellings give the same run."""
+    budgets = ("budget.flash=70e3", "budget.sram=12.3e3")
+    out = tmp_path / "b"
+    result = run_cli("search", *ZEN_TINY, "strategy.iterations=25", *budgets, f"out={out}")
+    assert result.exit_code == 0, result.output
+    totals = json.loads((out / "arch.json").read_text())["totals"]
+    assert totals["flash_bytes"] <= 70e3 and totals["sram_bytes"] <= 12.3e3
+    rejected = json.loads((out / "summary.json").read_text())["rejected"]
+    assert rejected["over_flash"] > 0 and rejected["over_sram"] > 0
+    own = ("strategy.max_flash=70e3", "strategy.max_sram=12.3e3")
+    same = run_cli("search", *ZEN_TINY, "strategy.iterations=25", *own, f"out={tmp_path / 's'}")
+    assert same.exit_code == 0, same.output
+    assert (tmp_path / "s" / "arch.json").read_text() == (out / "arch.json").read_text()
+
+
 def test_zen_search_resumes_and_extends_a_finished_run(run_cli, tmp_path):
     out = tmp_path / "z"
     first = run_cli("search", *ZEN_TINY, "strategy.iterations=12", f"out={out}")

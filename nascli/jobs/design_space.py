@@ -35,9 +35,9 @@ def run(cfg: DictConfig) -> None:
     space = configured_space(cfg)
     if space.graph:
         raise NascliError("nascli design-space scales the TuNAS spaces (MCUNet's TinyNAS)")
-    budgets = Budgets(cfg.board.sram, cfg.board.flash, cfg.cost.name, cfg.design.max_cost)
+    budgets = Budgets(cfg.budget.sram, cfg.budget.flash, cfg.cost.name, cfg.design.max_cost)
     if budgets.sram is None and budgets.flash is None and budgets.max_cost is None:
-        raise NascliError("no budget: choose a board= or set board.sram=, board.flash= or "
+        raise NascliError("no budget: choose a board= or set budget.sram=, budget.flash= or "
                           "design.max_cost=")  # fmt: skip
     base = network_settings(cfg)
     samples = cfg.design.samples
