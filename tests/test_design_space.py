@@ -54,9 +54,12 @@ def test_each_budget_gates_a_sample_on_its_own():
     assert c.fit < min(a.fit, b.fit) and c.fit >= 60 - a.over_sram - b.over_flash
 
 
-def test_a_budget_on_a_fitted_cost_is_refused():
-    with pytest.raises(NascliError, match="needs an analytic cost"):
-        Budgets(cost="lut", max_cost=4.0)
+def test_a_budget_on_a_cost_fitted_to_one_space_is_refused():
+    for name in ("tunas_pixel1", "measured"):
+        with pytest.raises(NascliError, match="needs an analytic cost"):
+            Budgets(cost=name, max_cost=4.0)
+    with pytest.raises(NascliError, match=r"no lut cost for the spaces \[\(0\.5, 96\)\]"):
+        rank_design_spaces(SPACE, BASE, [0.5], [96], 10, Budgets(cost="lut", max_cost=4.0))
 
 
 def test_design_space_command_writes_the_ranking_and_the_winners_overrides(run_cli, tmp_path):
@@ -105,3 +108,71 @@ def test_a_bad_grid_or_board_is_refused_before_work(run_cli, tmp_path, override,
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (out / "design_space.csv").exists()
+
+
+LUT_GRID = ("design.widths=[0.3,0.5]", "design.resolutions=[64,96]", "design.samples=80",
+            "data=synthetic", "data.in_channels=3", "cost=lut", "cost.threads=1")  # fmt: skip
+
+
+def cache_fake_tables(grid, skip=()):
+    """A fake latency table per space of `grid` (a layer's 'latency' is its MACs in millions,
+    plus 0.01 ms per layer), stored where `cost=lut` looks for this machine's tables."""
+    from hydra import compose, initialize_config_module
+
+    from nascli.config import network_settings
+    from nascli.cost.analytic import layer_cost
+    from nascli.cost.lut import LookupTable, distinct_layers
+    from nascli.cost.models import cached_lut_path, lut_identity
+    from nascli.cost.timing import protocol_from_config
+
+    with initialize_config_module(config_module="nascli.conf", version_base=None):
+        cfg = compose("design_space", list(grid))
+    base, protocol = network_settings(cfg), protocol_from_config(cfg.cost, "cpu")
+    tables = {}
+    for width in cfg.design.widths:
+        for resolution in cfg.design.resolutions:
+            settings = NetworkSettings(**{**vars(base), "width_multiplier": width,
+                                          "resolution": resolution})  # fmt: skip
+            layers = distinct_layers(SPACE, settings)
+            entries = {key: layer_cost(layer).macs / 1e6 for key, layer in layers.items()}
+            identity = lut_identity(SPACE, settings, protocol)
+            table = LookupTable(entries, identity, {"per_layer": 0.01, "offset": 0.2})
+            tables[(width, resolution)] = (table, settings)
+            if (width, resolution) not in skip:
+                table.save(cached_lut_path(identity))
+    return tables
+
+
+def test_a_latency_table_per_space_is_a_budget_of_the_design_space(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tables = cache_fake_tables(LUT_GRID)
+    out = tmp_path / "d"
+    result = run_cli("design-space", *LUT_GRID, "board=none", "design.max_cost=8.5", f"out={out}")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "design_space.csv")
+    indices = sample_indices(SPACE, 80, torch.Generator().manual_seed(0)).tolist()
+    over = {}
+    for (width, resolution), (table, settings) in tables.items():  # each network decoded
+        predicted = [table.predict(decode(SPACE, row, settings)) for row in indices]
+        over[(width, resolution)] = sum(ms > 8.5 for ms in predicted)
+    columns = zip(frame["width"], frame["resolution"], frame["over_cost"], strict=True)
+    got = {(w, r): n for w, r, n in columns}
+    assert got == over and 0 < over[(0.3, 96)] < 80 and over[(0.5, 96)] == 80
+    assert (frame["fit"] == 80 - frame["over_cost"]).all()  # no memory budget: only the cost's
+    assert (frame["width"].iloc[-1], frame["resolution"].iloc[-1]) == (0.5, 96)  # none fits
+
+
+def test_a_missing_latency_table_is_named_with_the_sweep_that_makes_it(
+    run_cli, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache_fake_tables(LUT_GRID, skip=[(0.5, 96)])
+    out = tmp_path / "d"
+    result = run_cli("design-space", *LUT_GRID, "design.max_cost=3", f"out={out}")
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "no latency table for 1 of the 4 spaces (w0.5 r96)" in message
+    assert "nascli profile-latency -m space=proxylessnas space.width_multiplier=0.5 " in message
+    assert not out.exists() or not (out / "design_space.csv").exists()
+    with_path = run_cli("design-space", *LUT_GRID, "design.max_cost=3", "cost.path=x.csv")
+    assert with_path.exit_code == 2 and "leave cost.path unset" in with_path.output

@@ -11,21 +11,67 @@ mean / median / 80th-percentile MACs of those, samples each budget rejected; bes
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from typing import Any
 
 from omegaconf import DictConfig
 from rich.table import Table
 
 from nascli.config import configured_space, design_grid, network_settings, run_directory
+from nascli.cost.models import make_cost_model
 from nascli.errors import NascliError
 from nascli.files import write_csv, write_json
 from nascli.report import plots
 from nascli.report.console import RunConsole
 from nascli.report.tables import human
 from nascli.search.design import Budgets, rank_design_spaces
+from nascli.space.network import NetworkSettings
+from nascli.space.spaces import SearchSpace
 
 
 def kb(value: float | None) -> str:
     return "none" if value is None else f"{value / 1e3:,.0f} kB"
+
+
+def lut_costs(
+    cfg: DictConfig,
+    space: SearchSpace,
+    base: NetworkSettings,
+    widths: list[float],
+    resolutions: list[int],
+) -> dict[tuple[float, int], Any] | None:
+    """The latency table of every (width, resolution) space, from the user cache where
+    `nascli profile-latency` stores them; all of them or one line saying how to make the
+    missing ones (a table holds one width and resolution), before any work."""
+    if cfg.design.max_cost is None:
+        return None
+    if cfg.cost.path:
+        raise NascliError(
+            "design-space needs a latency table per space, found in the cache by its settings: "
+            "leave cost.path unset"
+        )
+    tables, missing = {}, []
+    for width in widths:
+        for resolution in resolutions:
+            settings = replace(base, width_multiplier=width, resolution=resolution)
+            try:
+                tables[(width, resolution)] = make_cost_model(cfg.cost, space, settings)
+            except NascliError:
+                missing.append((width, resolution))
+    if missing:
+        shown = ", ".join(f"w{w:g} r{r}" for w, r in missing[:6])
+        more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+        sweep = (
+            f"nascli profile-latency -m space={space.name} "
+            f"space.width_multiplier={','.join(sorted({f'{w:g}' for w, _ in missing}))} "
+            f"data.resolution={','.join(sorted({str(r) for _, r in missing}, key=int))}"
+        )
+        raise NascliError(
+            f"no latency table for {len(missing)} of the {len(widths) * len(resolutions)} spaces "
+            f"({shown}{more}) with these cost settings on this machine; make them with `{sweep}` "
+            "(the same data/cost settings)"
+        )
+    return tables
 
 
 def run(cfg: DictConfig) -> None:
@@ -40,6 +86,7 @@ def run(cfg: DictConfig) -> None:
         raise NascliError("no budget: choose a board= or set budget.sram=, budget.flash= or "
                           "design.max_cost=")  # fmt: skip
     base = network_settings(cfg)
+    tables = lut_costs(cfg, space, base, widths, resolutions) if budgets.cost == "lut" else None
     samples = cfg.design.samples
     note = (
         f"{cfg.board.name}: SRAM {kb(budgets.sram)}, Flash {kb(budgets.flash)} (int8, "
@@ -53,7 +100,7 @@ def run(cfg: DictConfig) -> None:
     )
     with console.status("compiling and evaluating the costs of every space"):
         report = rank_design_spaces(
-            space, base, widths, resolutions, samples, budgets, seed=cfg.seed
+            space, base, widths, resolutions, samples, budgets, seed=cfg.seed, tables=tables
         )
     out = run_directory()
     out.mkdir(parents=True, exist_ok=True)

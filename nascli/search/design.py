@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -37,10 +38,11 @@ class Budgets:
     max_cost: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_cost is not None and self.cost not in ANALYTIC_UNITS:
+        if self.max_cost is not None and self.cost not in (*ANALYTIC_UNITS, "lut"):
             raise NascliError(
-                f"design.max_cost needs an analytic cost= ({', '.join(ANALYTIC_UNITS)}); "
-                f"{self.cost} is fitted to one resolution and width, not to every space"
+                f"design.max_cost needs an analytic cost= ({', '.join(ANALYTIC_UNITS)}) or "
+                f"cost=lut with a table per space; {self.cost} is fitted to one resolution "
+                "and width, not to every space"
             )
 
 
@@ -81,12 +83,19 @@ def rank_design_spaces(
     samples: int,
     budgets: Budgets,
     seed: int = 0,
+    tables: Mapping[tuple[float, int], Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> DesignReport:
     """Every (width, resolution) space of the grid, ranked by the mean MACs of its samples
-    within `budgets`."""
+    within `budgets`. A cost budget on a fitted cost (`lut`) takes each space's own compiled
+    model from `tables`, keyed by (width, resolution): a table holds one width and resolution."""
     indices = sample_indices(space, samples, torch.Generator().manual_seed(seed))
+    fitted = budgets.max_cost is not None and budgets.cost not in ANALYTIC_UNITS
+    if fitted:
+        missing = [(w, r) for w in widths for r in resolutions if (w, r) not in (tables or {})]
+        if missing:
+            raise NascliError(f"no {budgets.cost} cost for the spaces {missing}")
     metrics = ["macs", "sram", "flash"]
-    if budgets.max_cost is not None and budgets.cost not in metrics:
+    if budgets.max_cost is not None and budgets.cost not in metrics and not fitted:
         metrics.append(budgets.cost)
     compile_seconds = evaluate_seconds = 0.0
     rows, macs = [], {}
@@ -98,6 +107,8 @@ def rank_design_spaces(
             compile_seconds += time.perf_counter() - tick
             tick = time.perf_counter()
             values = {m: c(indices) for m, c in compiled.items()}
+            if fitted:
+                values[budgets.cost] = tables[(width, resolution)](indices)
             over = {
                 "sram": values["sram"] > budgets.sram if budgets.sram is not None else None,
                 "flash": values["flash"] > budgets.flash if budgets.flash is not None else None,
@@ -135,5 +146,5 @@ def rank_design_spaces(
         macs,
         compile_seconds,
         evaluate_seconds,
-        samples * len(rows) * len(metrics),
+        samples * len(rows) * (len(metrics) + fitted),
     )
