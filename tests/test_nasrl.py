@@ -113,6 +113,43 @@ def test_a_resumed_search_samples_the_same_batches(tmp_path):
     assert resumed.best()["indices"] == whole.best()["indices"]
 
 
+def test_the_uniform_reference_trains_after_the_search_and_never_moves_the_controller(tmp_path):
+    s = search(tmp_path, reference=4)
+    assert s.total == 10
+    for _ in range(6):
+        s.advance()
+    after_search = [p.clone() for p in s.controller.tensors()]
+    for _ in range(4):
+        assert s.advance() is None  # no controller step
+    assert all(torch.equal(a, b) for a, b in zip(after_search, s.controller.tensors(), strict=True))
+    assert len(s.children) == 6 and len(s.reference) == 4 and s.position == s.total
+    dirs = [p.parent.name + "/" + p.name for _, p in s.evaluator.seen[6:]]
+    assert dirs == ["reference/0", "reference/1", "reference/2", "reference/3"]
+    rewards = [c["reward"] for c in s.reference]
+    expected = [
+        0.0 if c["status"] == "failed" else (0.5 + 0.1 * int(c["indices"].split(":")[1])) ** 3
+        for c in s.reference
+    ]
+    assert s.reference[1]["status"] == "failed" and rewards == pytest.approx(expected)
+    assert s.reference_reward() == pytest.approx(sum(rewards) / 4)
+    # Uniform draws: over many, every option of the first searched decision appears about
+    # equally often (the controller's samples after training would not).
+    many = search(tmp_path / "m", steps=1, children_per_step=1, reference=300)
+    while many.position < many.total:
+        many.advance()
+    counts = pd.Series([int(c["indices"].split(":")[1]) for c in many.reference]).value_counts()
+    assert len(counts) == SPACE.decisions[1].num_choices and counts.min() > 300 / len(counts) / 2
+    resumed = search(tmp_path / "r", reference=4)
+    part = search(tmp_path / "r", reference=4)
+    for _ in range(8):
+        part.advance()
+    resumed.load_state(part.state())
+    while resumed.position < resumed.total:
+        resumed.advance()
+    assert [c["indices"] for c in resumed.reference] == [c["indices"] for c in s.reference]
+    assert resumed.best()["indices"] == s.best()["indices"]  # the result is a searched child
+
+
 def test_entropy_bonus_is_added_to_the_reward_without_a_gradient(tmp_path):
     plain, bonus = search(tmp_path / "p"), search(tmp_path / "b", entropy_weight=0.01)
     rows = {}
@@ -142,6 +179,16 @@ def test_nasrl_search_end_to_end(run_cli, tmp_path):
     assert summary["valid_top1"] == children["best_valid_top1"].max()
     assert (out / "plots" / "rewards.png").stat().st_size > 0
     assert json.loads((out / "arch.json").read_text())["indices"] == summary["indices"]
+    assert summary["reference_children"] == 0 and summary["reference_reward"] is None
+    assert not (out / "reference.csv").exists()
+    more = run_cli("search", *args, "strategy.reference=2", f"out={tmp_path / 'r'}")
+    assert more.exit_code == 0, more.output
+    reference = pd.read_csv(tmp_path / "r" / "reference.csv")
+    assert len(reference) == 2 and set(reference["status"]) == {"done"}
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["reference_reward"] == pytest.approx(reference["reward"].mean())
+    searched = pd.read_csv(tmp_path / "r" / "children.csv")
+    assert summary["reward_last_half"] == pytest.approx(searched["reward"].iloc[2:].mean())
 
 
 def test_a_steps_children_train_in_parallel_workers(run_cli, tmp_path):

@@ -54,6 +54,13 @@ def fingerprint(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def last_half_reward(children: list[dict[str, Any]]) -> float | None:
+    """The mean reward of the second half of the searched children (what the controller has
+    learned, against the uniform reference)."""
+    half = [c["reward"] for c in children[len(children) // 2 :]]
+    return sum(half) / len(half) if half else None
+
+
 def run_nasrl(cfg: DictConfig) -> None:
     started = time.perf_counter()
     if world_size() > 1:
@@ -157,6 +164,9 @@ def run_nasrl(cfg: DictConfig) -> None:
             "controller_steps": len(rows),
             "reward_first_step": rows[0]["reward"] if rows else None,
             "reward_last_step": rows[-1]["reward"] if rows else None,
+            "reward_last_half": last_half_reward(search.children),
+            "reference_children": len(search.reference),
+            "reference_reward": search.reference_reward(),
         },
     )
     record = arch_record(arch, network, cost)
@@ -164,8 +174,9 @@ def run_nasrl(cfg: DictConfig) -> None:
     write_json(out / "arch.json", record)
     summary.write(out / "summary.json")
     (out / "plots").mkdir(exist_ok=True)
+    reference = [c["reward"] for c in search.reference]
     plots.reward_curve(out / "plots" / "rewards.png", pd.DataFrame(search.children),
-                       pd.DataFrame(rows))  # fmt: skip
+                       pd.DataFrame(rows), reference)  # fmt: skip
     table = result_table(
         arch, space.title, cost, cost_model.name, float(best["cost"]), cost_model.units, target
     )

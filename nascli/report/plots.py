@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,15 +165,26 @@ def proxy_scatter(
     save(fig, path)
 
 
-def reward_curve(path: Path, children: pd.DataFrame, log: pd.DataFrame) -> None:
+def reward_curve(
+    path: Path, children: pd.DataFrame, log: pd.DataFrame, reference: Sequence[float] = ()
+) -> None:
     """Multi-trial RL: each child's reward against the number of architectures sampled, with
-    each controller step's mean reward and baseline."""
+    each controller step's mean reward and baseline, and the mean reward (± one standard
+    error) of `reference`, children drawn uniformly at random, when there are any."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(children["child"] + 1, children["reward"], s=12, alpha=0.6, label="child")
     if len(log):
         ax.plot(log["children"], log["reward"], lw=1.2, label="mean of step")
         ax.plot(log["children"], log["baseline"], lw=1.2, label="baseline")
+    if len(reference):
+        mean = float(np.mean(reference))
+        error = (
+            float(np.std(reference, ddof=1) / np.sqrt(len(reference))) if len(reference) > 1 else 0
+        )
+        ax.axhline(mean, color="gray", ls="--", lw=1.2,
+                   label=f"uniform random ({len(reference)} children)")  # fmt: skip
+        ax.axhspan(mean - error, mean + error, color="gray", alpha=0.15, lw=0)
     ax.set_xlabel("architectures sampled")
     ax.set_ylabel("reward")
     ax.legend(fontsize=8)

@@ -14,6 +14,11 @@ child over a hard budget (`max_sram`, `max_flash`, ...) is not trained: it gets
 `over_budget_reward` (0 by default, MnasNet's hard constraint) and a row `over_<budget>`, so the
 result, the best trained child, is always within every budget.
 
+`reference` (None by default: none) adds that many children drawn uniformly at random after the
+search, trained by the same evaluator under the same budgets (reference child k has NAS-RL
+child k's depth under a depth schedule), never updating the controller: the plot's
+uniform-random line and `reference.csv`, the same compute's worth of chance to compare with.
+
 One unit of the driver is one child, so a SIGKILL loses at most the child in training (which
 resumes from its own checkpoint), never a finished one.
 """
@@ -35,7 +40,7 @@ from nascli.search.evaluator import Evaluator
 from nascli.search.policy import Controller
 from nascli.search.rewards import EmaBaseline
 from nascli.settings import check_fields, option
-from nascli.space.arch import format_indices, graph_prefix_space_of_depth
+from nascli.space.arch import format_indices, graph_prefix_space_of_depth, sample_indices
 from nascli.space.network import decode
 from nascli.space.spaces import SearchSpace
 
@@ -61,6 +66,8 @@ class NasrlSettings(BudgetSettings):
     depth_start: int | None = option(None, ge=1, le=200)
     depth_every: int | None = option(None, ge=1, le=10_000_000)
     depth_step: int = option(2, ge=1, le=200)
+    #: uniform-random children trained after the search as its reference (None: none)
+    reference: int | None = option(None, ge=1, le=10_000_000)
 
     @classmethod
     def from_config(cls, cfg: Any) -> NasrlSettings:
@@ -112,17 +119,23 @@ class NasrlSearch(Strategy):
         self.seed = seed
         self.baseline = EmaBaseline(settings.baseline_decay)
         self.children: list[dict[str, Any]] = []
+        self.reference: list[dict[str, Any]] = []  # the uniform children, after the search
         self.batch: list[list[int]] = []
         self._pooled: int | None = None  # the step whose batch went to the pool (not saved:
         # after a resume the rest of the batch goes to the pool once more)
 
     @property
     def position(self) -> int:
-        return len(self.children)
+        return len(self.children) + len(self.reference)
+
+    @property
+    def searched(self) -> int:
+        """Children the controller samples (the reference's come after them)."""
+        return self.settings.children_per_step * self.settings.steps
 
     @property
     def total(self) -> int:
-        return self.settings.children_per_step * self.settings.steps
+        return self.searched + (self.settings.reference or 0)
 
     def _sample_batch(self, step: int) -> list[list[int]]:
         """The step's m architectures, from a generator keyed by (seed, step): a resumed run
@@ -141,9 +154,44 @@ class NasrlSearch(Strategy):
         depth = self.settings.depth(child, space.graph_layers)
         return graph_prefix_space_of_depth(space, depth).num_decisions
 
+    def _train(self, indices: Sequence[int], run_dir: Path) -> tuple[dict[str, Any], float]:
+        """A child's result and reward: not trained when over a budget."""
+        over = self._over_budget(indices)
+        if over is not None:
+            return {"status": f"over_{over}"}, self.settings.over_budget_reward
+        result = self.evaluator.try_evaluate(indices, run_dir)
+        accuracy = result.get("valid_top1_last") if result["status"] == "done" else None
+        return result, 0.0 if accuracy is None else accuracy**self.settings.reward_power
+
+    def _advance_reference(self) -> None:
+        """The next uniform child, drawn from a generator keyed by (seed, its number)."""
+        k = len(self.reference)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + 500_000_000 + k)
+        space = self.controller.space
+        indices = sample_indices(space, 1, generator)[0].tolist()[: self._length(k)]
+        result, reward = self._train(indices, self.out / "reference" / str(k))
+        self.reference.append(
+            {
+                "child": k,
+                "indices": format_indices(indices),
+                "layers": self.evaluator.space_of(indices).graph_layers or None,
+                "cost": self.cost_of(indices),
+                "reward": reward,
+                **result,
+            }
+        )
+
+    def reference_reward(self) -> float | None:
+        """The uniform children's mean reward (None without a reference)."""
+        rewards = [c["reward"] for c in self.reference]
+        return sum(rewards) / len(rewards) if rewards else None
+
     def advance(self) -> dict[str, Any] | None:
         m = self.settings.children_per_step
         number = len(self.children)
+        if number >= self.searched:
+            self._advance_reference()
+            return None
         step, slot = divmod(number, m)
         if slot == 0:
             self.batch = self._sample_batch(step)
@@ -152,14 +200,7 @@ class NasrlSearch(Strategy):
             rest = [k for k in range(slot, m) if self._over_budget(self.batch[k]) is None]
             self.pool([(self.batch[k], self._run_dir(number - slot + k)) for k in rest])
         indices = self.batch[slot]
-        over = self._over_budget(indices)
-        if over is not None:
-            result = {"status": f"over_{over}"}
-            reward = self.settings.over_budget_reward
-        else:
-            result = self.evaluator.try_evaluate(indices, self._run_dir(number))
-            accuracy = result.get("valid_top1_last") if result["status"] == "done" else None
-            reward = 0.0 if accuracy is None else accuracy**self.settings.reward_power
+        result, reward = self._train(indices, self._run_dir(number))
         self.children.append(
             {
                 "child": number,
@@ -227,9 +268,12 @@ class NasrlSearch(Strategy):
         if not row:
             return ""
         best = row["best_valid_top1"]
-        return f"reward {row['reward']:.3f} · baseline {row['baseline']:.3f} · best " + (
+        text = f"reward {row['reward']:.3f} · baseline {row['baseline']:.3f} · best " + (
             f"{best:.1%}" if best is not None else "–"
         )
+        if self.reference:
+            text += f" · uniform reference {self.reference_reward():.3f} ({len(self.reference)})"
+        return text
 
     def best(self) -> dict[str, Any] | None:
         """The child with the highest valid top-1 (its best epoch)."""
@@ -239,6 +283,7 @@ class NasrlSearch(Strategy):
     def state(self) -> dict[str, Any]:
         return {
             "children": self.children,
+            "reference": self.reference,
             "batch": self.batch,
             "baseline": self.baseline.state_dict(),
             "controller": self.controller.state_dict(),
@@ -246,9 +291,13 @@ class NasrlSearch(Strategy):
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.children = state["children"]
+        self.reference = state.get("reference", [])  # runs from before the reference
         self.batch = state["batch"]
         self.baseline.load_state_dict(state["baseline"])
         self.controller.load_state_dict(state["controller"])
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
-        return {"children.csv": self.children}
+        tables = {"children.csv": self.children}
+        if self.reference:
+            tables["reference.csv"] = self.reference
+        return tables
