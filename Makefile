@@ -23,7 +23,7 @@ lint: setup  ## ruff check + format check
 	$(BIN)/ruff format --check .
 
 test: lint  ## ruff, then the whole pytest suite (slow end-to-end tests included)
-	$(BIN)/pytest -x -q --durations=15
+	$(BIN)/pytest -n auto --dist worksteal -x -q --durations=15
 
 demo: setup  ## the spaces; the default TuNAS search on the digits; build and retrain its result
 	$(BIN)/nascli spaces

@@ -272,7 +272,7 @@ def test_a_nasrl_search_grows_its_children_and_builds_the_best(run_cli, tmp_path
         (["search", "strategy=nasrl", "space=nasrl", "space.layers=0"], "space.layers"),
     ],
 )
-def test_what_the_nasrl_space_cannot_do_is_refused_in_one_line(run_cli, args, message):
-    result = run_cli(*args)
+def test_what_the_nasrl_space_cannot_do_is_refused_in_one_line(run_cli, tmp_path, args, message):
+    result = run_cli(*args, f"out={tmp_path / 'refused'}")
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
