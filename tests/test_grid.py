@@ -99,6 +99,42 @@ def test_compound_scaling_grows_flops_by_about_alpha_beta2_gamma2_to_the_phi():
         assert 0.85 <= macs[phi] / macs[0] / growth**phi <= 1.35, (phi, macs[phi] / macs[0])
 
 
+def test_step_one_keeps_the_coefficients_that_double_the_flops_and_they_do():
+    """EfficientNet §3.3 step 1: at φ = 1, α·β²·γ² ≈ 2 (not α·β·γ), B0's 1.2, 1.1, 1.15 among
+    them; each point's network has about twice the base's MACs."""
+    settings = GridSettings.from_config({"mode": "coefficients"})
+    points = grid_points(settings, 1.0, 224)
+    formula = [p["alpha"] * p["beta"] ** 2 * p["gamma"] ** 2 for p in points]
+    assert len(points) == 40 and all(1.9 <= f <= 2.1 for f in formula)
+    assert (1.2, 1.1, 1.15) in {(p["alpha"], p["beta"], p["gamma"]) for p in points}
+    grid = settings.coefficient_grid
+    every = [a * b**2 * g**2 for a in grid["alpha"] for b in grid["beta"] for g in grid["gamma"]]
+    assert sum(1.9 <= f <= 2.1 for f in every) == len(points)  # none missed
+    space = get_space("proxylessnas")
+    base = load_architecture("proxylessnas_mobile", space).indices
+    base_macs = network_cost(decode(space, base, NetworkSettings())).macs
+    for point, growth in zip(points, formula, strict=True):
+        depth = point["space.depth_multiplier"]
+        net_settings = NetworkSettings(
+            resolution=point["data.resolution"], width_multiplier=point["space.width_multiplier"]
+        )
+        network = decode(get_space("proxylessnas", depth), deepen_indices(space, base, depth),
+                         net_settings)  # fmt: skip
+        # rounding only adds: repeats round up, widths to the nearest multiple of 8 (≥ 90%)
+        assert 1.0 <= network_cost(network).macs / base_macs / growth <= 1.55, point
+
+
+def test_bad_coefficient_grids_are_refused_in_one_line():
+    with pytest.raises(NascliError, match=r"strategy\.coefficient_grid: give"):
+        GridSettings.from_config({"mode": "coefficients", "coefficient_grid": {"alpha": [1.2]}})
+    with pytest.raises(NascliError, match=r"strategy\.coefficient_grid: give"):
+        bad = {"alpha": [0.5], "beta": [1.1], "gamma": [1.1]}
+        GridSettings.from_config({"mode": "coefficients", "coefficient_grid": bad})
+    with pytest.raises(NascliError, match="no α, β, γ with"):
+        none = {"alpha": [1.0], "beta": [1.0], "gamma": [1.0]}
+        GridSettings.from_config({"mode": "coefficients", "coefficient_grid": none})
+
+
 # ------------------------------------------------------------------ points and budgets
 def grid_config(*overrides: str):
     with initialize_config_module(config_module="nascli.conf", version_base=None):
@@ -134,6 +170,36 @@ def test_bad_grids_are_refused_in_one_line():
     settings = GridSettings.from_config({"axes": {"data.resolution": [2]}})
     with pytest.raises(NascliError, match=r"data\.resolution"):
         measure_points(cfg, settings)
+
+
+@pytest.mark.slow
+def test_coefficient_search_trains_each_doubling_within_budget_and_names_the_compound_run(
+    run_cli, tmp_path
+):
+    out = tmp_path / "coefficients"
+    grid = "{alpha:[1.0,1.2],beta:[1.0,1.1],gamma:[1.0,1.15,1.4]}"
+    args = (
+        "search", "strategy=grid", "strategy.mode=coefficients", "train=candidate_cpu", *TINY,
+        "train.epochs=1", f"strategy.coefficient_grid={grid}", "strategy.flops_tolerance=0.1",
+        "strategy.max_params=300000", f"out={out}",
+    )  # fmt: skip
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    points = pd.read_csv(out / "points.csv")
+    # α·β²·γ² within 10% of 2: (1, 1, 1.4) 1.96, (1, 1.1, 1.15) 1.60 no, (1.2, 1.1, 1.15) 1.92,
+    # (1.2, 1, 1.4) 2.35 no, (1.0, 1.0, 1.15) 1.32 no, ...
+    kept = {(a, b, g) for a, b, g in zip(points["alpha"], points["beta"], points["gamma"],
+                                          strict=True)}  # fmt: skip
+    assert kept == {(1.0, 1.0, 1.4), (1.2, 1.1, 1.15)}
+    assert sorted(points["status"]) == ["done", "over_params"]  # B0's doubling is over it
+    done = points[points["status"] == "done"]
+    assert list(done["alpha"]) == [1.0] and (done["params"] <= 300000).all()
+    summary = json.loads((out / "summary.json").read_text())
+    best = done.loc[done["valid_top1"].idxmax()]
+    expected = {"alpha": best["alpha"], "beta": best["beta"], "gamma": best["gamma"]}
+    assert summary["coefficients"] == expected
+    scale = f"strategy.alpha={best['alpha']:g} strategy.beta={best['beta']:g}"
+    assert f"strategy.mode=compound {scale}" in " ".join(result.output.split())
 
 
 @pytest.mark.slow

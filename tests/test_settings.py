@@ -25,6 +25,7 @@ from nascli.config import (
     strategy_settings,
 )
 from nascli.errors import NascliError
+from nascli.search.gradient import GradientSettings
 from nascli.search.grid import GridSettings
 from nascli.search.nasrl import NasrlSettings
 from nascli.search.policy import ControllerSettings
@@ -101,6 +102,8 @@ STRATEGY_SCHEMAS = {
     "zen": (ZenSettings, ProxySettings),
     "nasrl": (NasrlSettings,),
     "grid": (GridSettings,),
+    "proxyless": (GradientSettings,),
+    "fbnet": (GradientSettings,),
 }
 
 #: Sections only some commands compose, with their schemas.
@@ -120,6 +123,8 @@ COMPOSITIONS = [
     ("search", ["strategy=random"]),
     ("search", ["strategy=zen"]),
     ("search", ["strategy=nasrl", "controller=lstm"]),
+    ("search", ["strategy=grid"]),
+    ("search", ["strategy=proxyless"]),
     ("random_baseline", []),
     ("proxies", []),
     ("design_space", []),

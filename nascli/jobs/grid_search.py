@@ -44,6 +44,8 @@ from nascli.space.network import decode
 from nascli.train.distributed import context
 
 _ABSENT = object()
+#: What a compound or coefficient point records besides its config keys.
+PARAMETERS = ("phi", "alpha", "beta", "gamma")
 
 
 def point_config(cfg: DictConfig, overrides: dict[str, Any]) -> DictConfig:
@@ -51,7 +53,7 @@ def point_config(cfg: DictConfig, overrides: dict[str, Any]) -> DictConfig:
     point = copy.deepcopy(cfg)
     with open_dict(point):
         for key, value in overrides.items():
-            if key == "phi":
+            if "." not in key:  # phi, alpha, beta, gamma: what made the point, not config keys
                 continue
             if OmegaConf.select(point, key, default=_ABSENT) is _ABSENT:
                 raise NascliError(f"strategy.axes: {key} is not a config key")
@@ -195,7 +197,7 @@ def finish_grid(
 ) -> None:
     trained = {row["point"]: row for row in rows}
     table = Table(title="grid points (valid top-1 after the recipe)", title_justify="left")
-    keys = [k for k in grid["points"][0] if "." in k or k == "phi"]
+    keys = [k for k in grid["points"][0] if "." in k or k in PARAMETERS]
     for column in (*(k.rpartition(".")[2] for k in keys), "params", "MACs", "SRAM", "status",
                    "valid top1"):  # fmt: skip
         table.add_column(column, justify="right")
@@ -220,6 +222,7 @@ def finish_grid(
     if best is None:
         raise NascliError(f"every trained point failed; see {out}/points/*/error.txt")
     overrides = {k: best[k] for k in best if "." in k}
+    coefficients = {k: best[k] for k in ("alpha", "beta", "gamma") if k in best}
     point_cfg = point_config(cfg, overrides)
     space = get_space(best["space"])
     arch = Architecture(space.name, tuple(int(v) for v in best["indices"].split(":")))
@@ -243,6 +246,7 @@ def finish_grid(
             "points": len(grid["points"]),
             "trained": len(rows),
             "rejected": rejected_counts(grid["points"]),
+            **({"coefficients": coefficients} if coefficients else {}),
         },
     )
     record = arch_record(arch, network, cost)
@@ -265,3 +269,11 @@ def finish_grid(
         f"arch={out} {again}",
         soft_wrap=True,
     )
+    if coefficients:  # EfficientNet's step 1 done: step 2 scales by φ with these
+        scale = " ".join(f"strategy.{k}={v:g}" for k, v in coefficients.items())
+        console.print(
+            f"coefficients α·β²·γ² = {best['alpha'] * best['beta'] ** 2 * best['gamma'] ** 2:.3g}"
+            f": scale the base with: nascli search strategy=grid strategy.mode=compound {scale} "
+            "strategy.max_macs=<budget>",
+            soft_wrap=True,
+        )

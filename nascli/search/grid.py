@@ -9,8 +9,12 @@ rejected *before anything trains*, and the rest are trained by the shared `Evalu
 
 `mode=compound` scales the base by φ: depth α^φ, width β^φ, resolution r·γ^φ (α·β²·γ² ≈ 2, so
 FLOPs grow ≈ 2^φ), for φ = 0, step, 2·step, … up to `phi_max`, and trains the largest φ within
-the budgets (EfficientNet's step 2 with the paper's α, β, γ = 1.2, 1.1, 1.15 for B0). Step 1,
-the grid search of α, β, γ at φ = 1, is a `mode=grid` run over those three keys.
+the budgets (EfficientNet's step 2 with the paper's α, β, γ = 1.2, 1.1, 1.15 for B0).
+
+`mode=coefficients` is the paper's step 1: at φ = 1 ("twice more resources"), a grid of α, β, γ
+(`coefficient_grid`) restricted to α·β²·γ² within `flops_tolerance` of `flops_ratio` (2), each
+scaling the base once; every such point within the budgets is trained and the best on valid gives
+the coefficients of a `mode=compound` run.
 """
 
 from __future__ import annotations
@@ -27,12 +31,19 @@ from nascli.search.evaluator import Evaluator
 from nascli.search.random import RandomSearch
 from nascli.settings import check_fields, option
 
-MODES = ("grid", "compound")
+MODES = ("grid", "compound", "coefficients")
 #: `axes` when none are given: MobileNet's widths × its resolutions 224-128 scaled by 1/7 for
 #: the 32-px CPU default (conf/strategy/grid_mobilenet.yaml has the paper's).
 DEFAULT_AXES = {
     "space.width_multiplier": [1.0, 0.75, 0.5, 0.25],
     "data.resolution": [32, 28, 24, 20],
+}
+#: `coefficient_grid` when none is given: the values around EfficientNet-B0's 1.2, 1.1, 1.15
+#: (the paper does not publish its grid).
+DEFAULT_COEFFICIENTS = {
+    "alpha": [1.0, 1.1, 1.2, 1.3, 1.4, 1.5],
+    "beta": [1.0, 1.05, 1.1, 1.15, 1.2, 1.25],
+    "gamma": [1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3],
 }
 #: The keys compound scaling sets, with the coefficient each is raised to the power φ of.
 COMPOUND_KEYS = {
@@ -58,6 +69,11 @@ class GridSettings(BudgetSettings):
     gamma: float = option(1.15, ge=1, le=10)
     phi_step: float = option(1.0, gt=0, le=100)
     phi_max: float = option(8.0, ge=0, le=100)
+    #: coefficients mode: {alpha|beta|gamma: [values]} (None: `DEFAULT_COEFFICIENTS`), kept
+    #: where |α·β²·γ² − flops_ratio| ≤ flops_tolerance · flops_ratio
+    coefficient_grid: Any = option(None, text="a mapping of alpha, beta, gamma to lists")
+    flops_ratio: float = option(2.0, gt=1, le=100)
+    flops_tolerance: float = option(0.05, ge=0, le=1)
     max_cost: float | None = option(None, gt=0)  # in the cost= model's units
 
     @classmethod
@@ -69,7 +85,30 @@ class GridSettings(BudgetSettings):
         elif hasattr(axes, "items"):
             values["axes"] = {str(k): list(v) if hasattr(v, "__iter__") else v
                               for k, v in axes.items()}  # fmt: skip
+        grid = values.get("coefficient_grid")
+        if grid is None:
+            values["coefficient_grid"] = {k: list(v) for k, v in DEFAULT_COEFFICIENTS.items()}
+        elif hasattr(grid, "items"):
+            values["coefficient_grid"] = {str(k): list(v) if hasattr(v, "__iter__") else v
+                                          for k, v in grid.items()}  # fmt: skip
         settings = cls(**check_fields(cls, values, "strategy"))
+        grid = settings.coefficient_grid
+        ok = isinstance(grid, dict) and set(grid) == set(DEFAULT_COEFFICIENTS)
+        ok = ok and all(isinstance(v, list) and v for v in grid.values())
+        values = [x for v in grid.values() for x in v] if ok else []
+        ok = ok and all(isinstance(x, int | float) and 1 <= x <= 10 for x in values)
+        if not ok:
+            raise NascliError(
+                "strategy.coefficient_grid: give {alpha: [...], beta: [...], gamma: [...]} with "
+                "values in [1, 10], e.g. strategy.coefficient_grid={alpha:[1.1,1.2],beta:[1.1],"
+                "gamma:[1.1,1.15]}"
+            )
+        if settings.mode == "coefficients" and not settings.coefficients():
+            raise NascliError(
+                f"strategy.coefficient_grid: no α, β, γ with α·β²·γ² within "
+                f"{settings.flops_tolerance:.0%} of {settings.flops_ratio:g}; widen the grid "
+                "or strategy.flops_tolerance"
+            )
         if settings.mode == "grid":
             axes = settings.axes
             if not isinstance(axes, dict) or not axes:
@@ -80,13 +119,22 @@ class GridSettings(BudgetSettings):
             for key, options in axes.items():
                 if not isinstance(options, list) or not options:
                     raise NascliError(f"strategy.axes.{key}={options!r}: expected a list of values")
-        elif not settings.budgets() and settings.max_cost is None:
+        elif settings.mode == "compound" and not settings.budgets() and settings.max_cost is None:
             raise NascliError(
                 "strategy.mode=compound scales to the largest φ within a budget: set "
                 "strategy.max_macs=, max_params=, max_sram=, max_flash=, max_peak_memory= "
                 "or max_cost="
             )
         return settings
+
+    def coefficients(self) -> list[tuple[float, float, float]]:
+        """The (α, β, γ) of the coefficient grid whose α·β²·γ² is within the tolerance."""
+        grid = self.coefficient_grid
+        return [
+            (a, b, g)
+            for a, b, g in itertools.product(grid["alpha"], grid["beta"], grid["gamma"])
+            if abs(a * b**2 * g**2 - self.flops_ratio) <= self.flops_tolerance * self.flops_ratio
+        ]
 
     def budgets(self) -> dict[str, float]:
         """The analytic budgets set (name -> limit), in the order they are checked."""
@@ -97,27 +145,43 @@ class GridSettings(BudgetSettings):
 
 
 def compound_point(
-    settings: GridSettings, phi: float, width: float, resolution: int, depth: float = 1.0
+    coefficients: tuple[float, float, float],
+    phi: float,
+    width: float,
+    resolution: int,
+    depth: float = 1.0,
 ) -> dict[str, Any]:
-    """The overrides that scale a base of (`width`, `resolution`, `depth`) by φ."""
+    """The overrides that scale a base of (`width`, `resolution`, `depth`) by φ with
+    `coefficients` (α, β, γ)."""
+    alpha, beta, gamma = coefficients
     return {
-        "space.depth_multiplier": round(depth * settings.alpha**phi, 6),
-        "space.width_multiplier": round(width * settings.beta**phi, 6),
-        "data.resolution": round(resolution * settings.gamma**phi),
+        "space.depth_multiplier": round(depth * alpha**phi, 6),
+        "space.width_multiplier": round(width * beta**phi, 6),
+        "data.resolution": round(resolution * gamma**phi),
     }
 
 
 def grid_points(
     settings: GridSettings, width: float, resolution: int, depth: float = 1.0
 ) -> list[dict[str, Any]]:
-    """Every point of the run: each a dict of config overrides (compound points carry `phi`)."""
+    """Every point of the run: each a dict of config overrides (compound points carry `phi`,
+    coefficient points `alpha`, `beta`, `gamma`)."""
     if settings.mode == "grid":
         keys = list(settings.axes)
         return [dict(zip(keys, values, strict=True))
                 for values in itertools.product(*settings.axes.values())]  # fmt: skip
+    if settings.mode == "coefficients":
+        return [
+            {"alpha": a, "beta": b, "gamma": g,
+             **compound_point((a, b, g), 1.0, width, resolution, depth)}
+            for a, b, g in settings.coefficients()
+        ]  # fmt: skip
     count = math.floor(settings.phi_max / settings.phi_step + 1e-9) + 1
     phis = [round(k * settings.phi_step, 9) for k in range(count)]
-    return [{"phi": phi, **compound_point(settings, phi, width, resolution, depth)} for phi in phis]
+    coefficients = (settings.alpha, settings.beta, settings.gamma)
+    return [
+        {"phi": phi, **compound_point(coefficients, phi, width, resolution, depth)} for phi in phis
+    ]
 
 
 class GridSearch(RandomSearch):
