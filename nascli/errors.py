@@ -35,3 +35,11 @@ class Stopped(NascliError):
             f"the same command with out={out} to resume",
             exit_code=128 + signum,
         )
+
+
+class Waiting(Stopped):
+    """A run that stopped at a checkpoint to wait for work that runs elsewhere (the jobs of a
+    sweep): the CLI prints what to run next and exits 0."""
+
+    def __init__(self, message: str):
+        NascliError.__init__(self, message, exit_code=0)

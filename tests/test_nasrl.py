@@ -202,3 +202,36 @@ def test_a_steps_children_train_in_parallel_workers(run_cli, tmp_path):
     assert list(a["indices"]) == list(b["indices"]) and list(b["status"]) == ["done"] * 2
     # Same data, seeds and recipe; only the thread count differs (float summation order).
     assert (a["best_valid_top1"] - b["best_valid_top1"]).abs().max() <= 0.05
+
+
+@pytest.mark.slow
+def test_a_cluster_sweep_per_step_and_collect_equal_one_plain_run(run_cli, tmp_path):
+    """One Hydra job per child of the next step (what a cluster launcher runs), then a
+    collecting run that updates the controller and stops at the next step: the same children
+    and rewards as one plain run."""
+    args = [*TINY, "strategy=nasrl", "strategy.children_per_step=2", "strategy.steps=2"]
+    plain = tmp_path / "plain"
+    assert run_cli("search", *args, f"out={plain}").exit_code == 0
+    out = tmp_path / "cluster"
+    sweep = [*args, "-m", "strategy.child=0,1", "hydra.sweep.subdir=.", f"out={out}"]
+    for step in (0, 1):
+        result = run_cli("search", *sweep)
+        assert result.exit_code == 0, result.output
+        trained = {p.name for p in (out / "children").iterdir()}
+        assert (
+            trained == {str(n) for n in range(2 * step + 2)} and not (out / "summary.json").exists()
+        )
+        collect = run_cli("search", *args, "strategy.collect=true", f"out={out}")
+        assert collect.exit_code == 0, collect.output
+        assert len(pd.read_csv(out / "search_log.csv")) == step + 1  # one controller update
+        if step == 0:  # stopped, with a checkpoint, at the next step's first child
+            assert "step 1's are not all trained yet" in " ".join(collect.output.split())
+    ours, theirs = pd.read_csv(out / "children.csv"), pd.read_csv(plain / "children.csv")
+    columns = ["child", "step", "indices", "reward", "best_valid_top1", "status"]
+    pd.testing.assert_frame_equal(ours[columns], theirs[columns])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["indices"] == json.loads((plain / "summary.json").read_text())["indices"]
+    done = run_cli("search", *args, "strategy.child=1", f"out={out}")
+    assert done.exit_code == 2 and "every child of the search is trained" in done.output
+    wrong = run_cli("search", *args, "strategy.child=5", f"out={tmp_path / 'w'}")
+    assert wrong.exit_code == 2 and "a step has children 0 to 1" in wrong.output

@@ -13,6 +13,7 @@ child with the best valid top-1, and `plots/rewards.png`.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -43,15 +44,38 @@ from nascli.search.policy import CategoricalPolicy, PolicyAdam, make_controller
 from nascli.search.tunas import default_target
 from nascli.space.arch import parse_indices
 from nascli.space.network import decode
+from nascli.train.checkpoint import load_checkpoint
 from nascli.train.distributed import context, world_size
+
+#: How a run is driven, not what it is: a sweep's jobs and the collecting run share it.
+DRIVING = ("child", "collect")
 
 
 def fingerprint(cfg: DictConfig) -> dict[str, Any]:
-    return {
-        "command": "search",
-        **fingerprint_sections(cfg, "space", "strategy", "controller", "data", "train", "cost"),
-        "seed": cfg.seed,
-    }
+    sections = fingerprint_sections(cfg, "space", "strategy", "controller", "data", "train", "cost")
+    sections["strategy"] = {k: v for k, v in sections["strategy"].items() if k not in DRIVING}
+    return {"command": "search", **sections, "seed": cfg.seed}
+
+
+def train_sweep_child(
+    search: NasrlSearch, slot: int, out: Path, cfg: DictConfig, console: RunConsole
+) -> None:
+    """One job of a sweep over a step's children (a cluster launcher's unit): the run's state
+    from its checkpoint, read only; the child trained into its own directory."""
+    checkpoint = out / "last.pt"
+    if checkpoint.exists():
+        search.load_state(load_checkpoint(checkpoint, fingerprint(cfg))["search"])
+    number, result = search.train_one(slot)
+    done = "nothing to train (over a budget or already trained)" if result is None else (
+        f"{result['status']}" + (f", valid top-1 {result['best_valid_top1']:.2%}"
+                                 if result["status"] == "done" else "")
+    )  # fmt: skip
+    console.print(
+        f"child {number} (step {number // search.settings.children_per_step}, slot {slot}): "
+        f"{done}. When the step's children are trained, run the same command without "
+        f"strategy.child and with strategy.collect=true out={out} to update the controller",
+        soft_wrap=True,
+    )
 
 
 def last_half_reward(children: list[dict[str, Any]]) -> float | None:
@@ -118,6 +142,9 @@ def run_nasrl(cfg: DictConfig) -> None:
         pool,
         lambda child_space: make_cost_model(cost_cfg, child_space, net_settings),
     )
+    if settings.child is not None:
+        train_sweep_child(search, settings.child, out, cfg, console)
+        return
     epochs = min(settings.reward_epochs, cfg.train.epochs)
     header = (
         f"search {space.title} · strategy nasrl ({controller_cfg.name} controller, "

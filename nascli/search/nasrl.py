@@ -25,6 +25,7 @@ resumes from its own checkpoint), never a finished one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ import torch
 
 from nascli.cost.analytic import network_cost
 from nascli.cost.models import CostModel
+from nascli.errors import NascliError, Waiting
 from nascli.search.budgets import BudgetSettings, first_exceeded, limits_of
 from nascli.search.driver import Strategy
 from nascli.search.evaluator import Evaluator
@@ -68,6 +70,11 @@ class NasrlSettings(BudgetSettings):
     depth_step: int = option(2, ge=1, le=200)
     #: uniform-random children trained after the search as its reference (None: none)
     reference: int | None = option(None, ge=1, le=10_000_000)
+    #: one job of a sweep: train only child `child` of the run's next controller step
+    child: int | None = option(None, ge=0, le=100_000)
+    #: never train: take each child's stored result, and stop (exit 0) at the first child
+    #: a sweep has not trained yet, after updating the controller on every complete step
+    collect: bool = option(False)
 
     @classmethod
     def from_config(cls, cfg: Any) -> NasrlSettings:
@@ -82,6 +89,17 @@ class NasrlSettings(BudgetSettings):
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def stored_result(run_dir: Path) -> dict[str, Any] | None:
+    """A child's stored result: its `result.json`, a failed row when only its `error.txt` is
+    there (the failure a sweep's job recorded), None when it was not trained."""
+    if (run_dir / "result.json").exists():
+        return json.loads((run_dir / "result.json").read_text())
+    if (run_dir / "error.txt").exists():
+        lines = (run_dir / "error.txt").read_text().strip().splitlines()
+        return {"status": "failed", "error": (lines[-1] if lines else "failed")[:200]}
+    return None
 
 
 class NasrlSearch(Strategy):
@@ -155,11 +173,17 @@ class NasrlSearch(Strategy):
         return graph_prefix_space_of_depth(space, depth).num_decisions
 
     def _train(self, indices: Sequence[int], run_dir: Path) -> tuple[dict[str, Any], float]:
-        """A child's result and reward: not trained when over a budget."""
+        """A child's result and reward: not trained when over a budget; under `collect`, the
+        stored result only."""
         over = self._over_budget(indices)
         if over is not None:
             return {"status": f"over_{over}"}, self.settings.over_budget_reward
-        result = self.evaluator.try_evaluate(indices, run_dir)
+        if self.settings.collect:
+            result = stored_result(run_dir)
+            if result is None:
+                raise Waiting(self._waiting_message())
+        else:
+            result = self.evaluator.try_evaluate(indices, run_dir)
         accuracy = result.get("valid_top1_last") if result["status"] == "done" else None
         return result, 0.0 if accuracy is None else accuracy**self.settings.reward_power
 
@@ -180,6 +204,36 @@ class NasrlSearch(Strategy):
                 **result,
             }
         )
+
+    def _waiting_message(self) -> str:
+        m = self.settings.children_per_step
+        step = len(self.children) // m
+        if len(self.children) >= self.searched:
+            return (
+                f"uniform reference child {len(self.reference)} is not trained yet: rerun "
+                "without strategy.collect to train the reference"
+            )
+        return (
+            f"collected {len(self.children)} of {self.searched} children; step {step}'s are not "
+            f"all trained yet: run its sweep, `-m strategy.child={','.join(map(str, range(m)))} "
+            "hydra.sweep.subdir=.` with the same out=, then collect again"
+        )
+
+    def train_one(self, slot: int) -> tuple[int, dict[str, Any] | None]:
+        """One job of a sweep: train child `slot` of the next controller step (its number and
+        result; None when it needs no training: over a budget or already trained)."""
+        m = self.settings.children_per_step
+        if not 0 <= slot < m:
+            raise NascliError(f"strategy.child={slot}: a step has children 0 to {m - 1}")
+        if len(self.children) >= self.searched:
+            raise NascliError("every child of the search is trained: collect it without "
+                              "strategy.child")  # fmt: skip
+        step, done = divmod(len(self.children), m)
+        batch = self.batch if done else self._sample_batch(step)
+        number = step * m + slot
+        if slot < done or self._over_budget(batch[slot]) is not None:
+            return number, None
+        return number, self.evaluator.try_evaluate(batch[slot], self._run_dir(number))
 
     def reference_reward(self) -> float | None:
         """The uniform children's mean reward (None without a reference)."""
