@@ -392,7 +392,7 @@ def run_hydra_job(
             if not checked:
                 validate(cfg)
             apply_budgets(cfg)  # checked by `precheck` too, but this is the job's own config
-            own = write_run_dir and not lock.held and rank0
+            own = write_run_dir and not lock.held and rank0 and not trains_one_unit(cfg)
             if own:  # no plain out= given, or one job of a sweep
                 lock.directory = run_directory()
                 lock.acquire()
@@ -424,11 +424,11 @@ def run_hydra_job(
             "hydra/hydra_logging=none",
         ]
     if not any(o in INSPECTING for o in options):
-        precheck(config_name, [f"hydra.job.name={command}", *overrides])
+        composed = precheck(config_name, [f"hydra.job.name={command}", *overrides])
         checked = True
         given = [a.split("=", 1)[1] for a in overrides if a.startswith("out=")]
         plain = given and "${" not in given[-1]
-        if write_run_dir and plain and rank0:
+        if write_run_dir and plain and rank0 and not trains_one_unit(composed):
             lock.directory = Path(given[-1]).expanduser()  # before Hydra writes into it
             try:
                 lock.acquire()
@@ -461,7 +461,20 @@ INSPECTING = frozenset(
 )  # fmt: skip
 
 
-def precheck(config_name: str, overrides: list[str]) -> None:
+def trains_one_unit(cfg: DictConfig) -> bool:
+    """A job that trains one unit of a run (`strategy.candidate=`, `strategy.child=`: one job
+    of a sweep on a cluster). It locks that unit's directory while it trains (the evaluator
+    does), not the run's, so the jobs of a sweep can run at the same time."""
+    from nascli.search.registry import STRATEGIES
+
+    strategy = cfg.get("strategy")
+    if not isinstance(strategy, DictConfig):
+        return False
+    entry = STRATEGIES.get(strategy.get("name"))
+    return entry is not None and entry.unit is not None and strategy.get(entry.unit) is not None
+
+
+def precheck(config_name: str, overrides: list[str]) -> DictConfig:
     """Compose the config as the job will see it and validate it, before Hydra creates a run
     directory: a composition error or a bad value ends the command with one line, exit 2."""
     from hydra import compose, initialize_config_module
@@ -476,6 +489,7 @@ def precheck(config_name: str, overrides: list[str]) -> None:
         apply_budgets(cfg)
     except NascliError as error:
         raise SystemExit(_usage(str(error))) from None
+    return cfg
 
 
 def _usage(message: str) -> int:

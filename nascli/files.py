@@ -37,6 +37,11 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
+class InUse(NascliError):
+    """A run (or one unit of it) that another process holds: never recorded as a failure of
+    what was being trained, always the command's own one-line error."""
+
+
 class RunLock:
     """An exclusive lock on a run directory (`.nascli.lock`, an OS file lock): a second command
     on the same `out=` refuses instead of interleaving writes. The OS drops the lock when the
@@ -57,7 +62,7 @@ class RunLock:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise NascliError(
+            raise InUse(
                 f"{self.directory} is in use by another nascli command ({holder}); wait for it "
                 "to finish or choose another out="
             ) from None
@@ -66,6 +71,13 @@ class RunLock:
         handle.write(f"pid {os.getpid()}\n")
         handle.flush()
         self._file = handle
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     @property
     def held(self) -> bool:

@@ -153,6 +153,29 @@ def test_a_sweep_over_candidates_shares_one_run_directory(run_cli, tmp_path):
     assert json.loads((out / "summary.json").read_text())["candidates"] == 3
 
 
+def test_a_sweep_job_locks_its_own_candidate_not_the_run(run_cli, tmp_path):
+    """Jobs of a sweep run at the same time on a cluster: each locks only the candidate it
+    trains, so a held run directory does not stop it, a held candidate does, in one line,
+    without recording that candidate as failed."""
+    from nascli.files import RunLock
+
+    out = tmp_path / "rb"
+    with RunLock(out):  # a sibling job, or the collecting run
+        first = run_cli("random-baseline", *TINY, "strategy.candidate=0", f"out={out}")
+    assert first.exit_code == 0, first.output
+    assert (out / "candidates" / "0" / "result.json").exists()
+    with RunLock(out / "candidates" / "1"):  # another job is training candidate 1
+        busy = run_cli("random-baseline", *TINY, "strategy.candidate=1", f"out={out}")
+        collect = run_cli("random-baseline", *TINY, f"out={out}")
+    assert busy.exit_code == 2 and "in use by another nascli command" in busy.output
+    assert collect.exit_code == 2 and "candidates/1 is in use" in collect.output
+    assert not (out / "candidates" / "1" / "error.txt").exists()
+    plain = run_cli("random-baseline", *TINY, f"out={tmp_path / 'plain'}")
+    with RunLock(tmp_path / "plain"):  # a plain run still takes the run's lock
+        again = run_cli("random-baseline", *TINY, f"out={tmp_path / 'plain'}")
+    assert plain.exit_code == 0 and again.exit_code == 2 and "in use" in again.output
+
+
 @pytest.mark.slow
 def test_sigterm_inside_a_candidate_checkpoints_both_levels_and_a_rerun_resumes(tmp_path):
     """The candidate's trainer checkpoints and raises; the driver then writes the run's own

@@ -10,6 +10,7 @@ resumes from its checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import traceback
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from nascli.cost.analytic import network_cost
 from nascli.cost.timing import physical_cores
 from nascli.data.source import DataSource, load_data
 from nascli.errors import NascliError
-from nascli.files import write_json
+from nascli.files import InUse, RunLock, write_json
 from nascli.nn.builder import build_model
 from nascli.space.arch import format_indices, get_space, graph_prefix_space
 from nascli.space.network import NetworkSettings, decode
@@ -86,6 +87,17 @@ class Evaluator:
         torch.manual_seed(self.seed)
         model = build_model(network)
         run_dir.mkdir(parents=True, exist_ok=True)
+        with RunLock(run_dir) if self.ctx.is_main else contextlib.nullcontext():
+            return self._train(indices, network, cost, model, run_dir)
+
+    def _train(
+        self, indices: Sequence[int], network: Any, cost: Any, model: Any, run_dir: Path
+    ) -> dict[str, Any]:
+        """`evaluate`'s training, with `run_dir` locked by this process (the main rank): two
+        processes never train the same architecture in the same directory."""
+        result_path = run_dir / "result.json"
+        if result_path.exists():  # finished by another process before this one locked it
+            return json.loads(result_path.read_text())
         trainer = Trainer(
             model,
             self.recipe,
@@ -119,6 +131,8 @@ class Evaluator:
         traceback written to `run_dir/error.txt`, never dropped."""
         try:
             return self.evaluate(indices, run_dir)
+        except InUse:  # another process trains it: not this architecture's failure
+            raise
         except EVALUATION_ERRORS as error:
             return record_failure(run_dir, error)
 

@@ -14,6 +14,9 @@ class Entry:
     settings: str  # "module:Class" with a `from_config(cfg)` classmethod
     job: str  # "module:function" taking the composed config
     controller: str | None = None  # an RL strategy's default `controller=` (None: it has none)
+    #: the strategy key that makes a job train one unit of a run (a sweep's job on a cluster):
+    #: such a job locks that unit's directory, not the run's (None: no such key)
+    unit: str | None = None
 
 
 STRATEGIES: dict[str, Entry] = {
@@ -23,7 +26,9 @@ STRATEGIES: dict[str, Entry] = {
         controller="categorical",
     ),
     "random": Entry(
-        "nascli.search.random:RandomSettings", "nascli.jobs.random_baseline:run_random"
+        "nascli.search.random:RandomSettings",
+        "nascli.jobs.random_baseline:run_random",
+        unit="candidate",
     ),
     "proxyless": Entry(
         "nascli.search.gradient:GradientSettings", "nascli.jobs.search:run_gradient"
@@ -32,7 +37,10 @@ STRATEGIES: dict[str, Entry] = {
     "zen": Entry("nascli.search.zen:ZenSettings", "nascli.jobs.zen_search:run_zen"),
     "grid": Entry("nascli.search.grid:GridSettings", "nascli.jobs.grid_search:run_grid"),
     "nasrl": Entry(
-        "nascli.search.nasrl:NasrlSettings", "nascli.jobs.nasrl_search:run_nasrl", controller="lstm"
+        "nascli.search.nasrl:NasrlSettings",
+        "nascli.jobs.nasrl_search:run_nasrl",
+        controller="lstm",
+        unit="child",
     ),
 }
 
