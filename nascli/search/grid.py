@@ -79,18 +79,8 @@ class GridSettings(BudgetSettings):
     @classmethod
     def from_config(cls, cfg: Any) -> GridSettings:
         values = dict(cfg)
-        axes = values.get("axes")
-        if axes is None:
-            values["axes"] = {k: list(v) for k, v in DEFAULT_AXES.items()}
-        elif hasattr(axes, "items"):
-            values["axes"] = {str(k): list(v) if hasattr(v, "__iter__") else v
-                              for k, v in axes.items()}  # fmt: skip
-        grid = values.get("coefficient_grid")
-        if grid is None:
-            values["coefficient_grid"] = {k: list(v) for k, v in DEFAULT_COEFFICIENTS.items()}
-        elif hasattr(grid, "items"):
-            values["coefficient_grid"] = {str(k): list(v) if hasattr(v, "__iter__") else v
-                                          for k, v in grid.items()}  # fmt: skip
+        for key, default in (("axes", DEFAULT_AXES), ("coefficient_grid", DEFAULT_COEFFICIENTS)):
+            values[key] = _plain_mapping(values.get(key), default)
         settings = cls(**check_fields(cls, values, "strategy"))
         grid = settings.coefficient_grid
         ok = isinstance(grid, dict) and set(grid) == set(DEFAULT_COEFFICIENTS)
@@ -142,6 +132,16 @@ class GridSettings(BudgetSettings):
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _plain_mapping(given: Any, default: dict[str, list]) -> Any:
+    """A {key: [values]} setting as plain dicts and lists (`default` when None); anything else
+    unchanged, for the checks to refuse."""
+    if given is None:
+        return {k: list(v) for k, v in default.items()}
+    if hasattr(given, "items"):
+        return {str(k): list(v) if hasattr(v, "__iter__") else v for k, v in given.items()}
+    return given
 
 
 def compound_point(
