@@ -11,7 +11,7 @@ import torch
 from nascli.cost.analytic import network_cost
 from nascli.errors import NascliError
 from nascli.search.design import Budgets, rank_design_spaces
-from nascli.space.arch import sample_indices
+from nascli.space.arch import get_space, sample_indices
 from nascli.space.network import NetworkSettings, decode
 from nascli.space.spaces import SPACES
 
@@ -177,3 +177,25 @@ def test_a_missing_latency_table_is_named_with_the_sweep_that_makes_it(
     with_path = run_cli("design-space", *LUT_GRID, "design.max_cost=3", "cost.path=x.csv",
                         f"out={tmp_path / 'p'}")  # fmt: skip
     assert with_path.exit_code == 2 and "leave cost.path unset" in with_path.output
+
+
+def test_a_nasrl_space_is_ranked_with_its_decoded_costs(run_cli, tmp_path):
+    out = tmp_path / "n"
+    result = run_cli("design-space", "space=nasrl_strides", "space.layers=3",
+                     "design.widths=[0.25,1]", "design.resolutions=[16,32]",
+                     "design.samples=40", "board=none", "budget.sram=20e3",
+                     "data=synthetic", "data.in_channels=3", f"out={out}")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "design_space.csv")
+    space = get_space("nasrl_strides@layers3")
+    indices = sample_indices(space, 40, torch.Generator().manual_seed(0)).tolist()
+    for width, resolution, over in zip(frame["width"], frame["resolution"], frame["over_sram"],
+                                       strict=True):  # fmt: skip
+        settings = NetworkSettings(num_classes=4, in_channels=3, resolution=resolution,
+                                   width_multiplier=width)  # fmt: skip
+        costs = [network_cost(decode(space, row, settings)).sram_bytes for row in indices]
+        assert over == sum(c > 20e3 for c in costs), (width, resolution)
+    assert 0 < frame["over_sram"].sum() < 160
+    assert "nascli search space=nasrl_strides space.layers=3 strategy=nasrl" in " ".join(
+        result.output.split()
+    )

@@ -78,9 +78,7 @@ def run(cfg: DictConfig) -> None:
     started = time.perf_counter()
     console = RunConsole()
     widths, resolutions = design_grid(cfg)
-    space = configured_space(cfg)
-    if space.graph:
-        raise NascliError("nascli design-space scales the TuNAS spaces (MCUNet's TinyNAS)")
+    space = configured_space(cfg)  # a NAS-RL space's costs are decoded per sample: slower
     budgets = Budgets(cfg.budget.sram, cfg.budget.flash, cfg.cost.name, cfg.design.max_cost)
     if budgets.sram is None and budgets.flash is None and budgets.max_cost is None:
         raise NascliError("no budget: choose a board= or set budget.sram=, budget.flash= or "
@@ -180,10 +178,13 @@ def run(cfg: DictConfig) -> None:
             "wall_seconds": wall,
         },
     )
+    where = f"space={cfg.space.name}"
+    if space.graph:  # NAS-RL's spaces: their depth, and the strategy that searches them
+        where += f" space.layers={space.graph_layers} strategy=nasrl"
     console.print(
         f"best: width ×{best.width:g} at {best.resolution} px ({best.share:.1%} of samples fit, "
         f"mean {human(best.mean_macs)} MACs). Search it with: nascli search "
-        f"space={space.name} space.width_multiplier={best.width:g} "
+        f"{where} space.width_multiplier={best.width:g} "
         f"data.resolution={best.resolution} · wrote {out}/design_space.csv, summary.json, "
         "plots/",
         soft_wrap=True,
