@@ -91,6 +91,20 @@ def test_budget_keys_override_the_boards_memories(run_cli, tmp_path):
     assert summary["sram_budget"] == 100_000 and summary["flash_budget"] == 1_000_000
     none = run_cli("design-space", *grid, "board=none", f"out={tmp_path / 'n'}")
     assert none.exit_code == 2 and "no budget: choose a board= or set budget.sram=" in none.output
+    params = tmp_path / "p"  # any of the search's budgets, each with its own column
+    result = run_cli("design-space", *grid, "board=none", "budget.params=400e3", f"out={params}")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(params / "design_space.csv")
+    indices = sample_indices(SPACE, 50, torch.Generator().manual_seed(0)).tolist()
+    for width, resolution, over in zip(frame["width"], frame["resolution"],
+                                       frame["over_params"], strict=True):  # fmt: skip
+        settings = NetworkSettings(num_classes=4, in_channels=3, resolution=resolution,
+                                   width_multiplier=width)  # fmt: skip
+        counted = [network_cost(decode(SPACE, row, settings)).params for row in indices]
+        assert over == sum(c > 400e3 for c in counted)
+    assert (
+        0 < frame["over_params"].sum() < 200 and (frame["fit"] == 50 - frame["over_params"]).all()
+    )
 
 
 @pytest.mark.parametrize(

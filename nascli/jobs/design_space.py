@@ -79,18 +79,23 @@ def run(cfg: DictConfig) -> None:
     console = RunConsole()
     widths, resolutions = design_grid(cfg)
     space = configured_space(cfg)  # a NAS-RL space's costs are decoded per sample: slower
-    budgets = Budgets(cfg.budget.sram, cfg.budget.flash, cfg.cost.name, cfg.design.max_cost)
-    if budgets.sram is None and budgets.flash is None and budgets.max_cost is None:
-        raise NascliError("no budget: choose a board= or set budget.sram=, budget.flash= or "
-                          "design.max_cost=")  # fmt: skip
+    given = {name: cfg.budget.get(name) for name in ("params", "macs", "peak_memory")}
+    budgets = Budgets(
+        cfg.budget.sram, cfg.budget.flash, cfg.cost.name, cfg.design.max_cost, **given
+    )
+    if not budgets.limits() and budgets.max_cost is None:
+        raise NascliError("no budget: choose a board= or set budget.sram=, budget.flash=, "
+                          "another budget.* or design.max_cost=")  # fmt: skip
     base = network_settings(cfg)
     tables = lut_costs(cfg, space, base, widths, resolutions) if budgets.cost == "lut" else None
     samples = cfg.design.samples
     note = (
         f"{cfg.board.name}: SRAM {kb(budgets.sram)}, Flash {kb(budgets.flash)} (int8, "
         f"kB = 1,000 B)"
+        + "".join(f", {n} ≤ {human(v)}" for n, v in given.items() if v is not None)
         + (f", {budgets.cost} ≤ {budgets.max_cost:g}" if budgets.max_cost is not None else "")
     )
+    others = [n for n, v in given.items() if v is not None]  # their rejections get columns
     console.print(
         f"design spaces of {space.title}: {len(widths)} widths × {len(resolutions)} "
         f"resolutions, {samples:,} samples each · {note}",
@@ -115,13 +120,14 @@ def run(cfg: DictConfig) -> None:
             "over_sram": r.over_sram,
             "over_flash": r.over_flash,
             "over_cost": r.over_cost,
+            **{f"over_{n}": getattr(r, f"over_{n}") for n in others},
         }
         for rank, r in enumerate(report.ranked)
     ]
     write_csv(out / "design_space.csv", rows)
     table = Table(title="design spaces by mean MACs of the samples that fit", title_justify="left")
     for column in ("#", "width", "res", "fit", "mean MACs", "top 20% above", "over SRAM",
-                   "over Flash", "over cost"):  # fmt: skip
+                   "over Flash", "over cost", *(f"over {n}" for n in others)):  # fmt: skip
         table.add_column(column, justify="right")
     for row in rows[:10]:
         fits = row["fit"] > 0
@@ -130,6 +136,7 @@ def run(cfg: DictConfig) -> None:
             f"{row['share']:.1%}", human(row["mean_macs"]) if fits else "–",
             human(row["top20_macs"]) if fits else "–", str(row["over_sram"]),
             str(row["over_flash"]), str(row["over_cost"]),
+            *(str(row[f"over_{n}"]) for n in others),
         )  # fmt: skip
     console.print(table)
     best = report.ranked[0]
@@ -167,6 +174,7 @@ def run(cfg: DictConfig) -> None:
             "board": cfg.board.name,
             "sram_budget": budgets.sram,
             "flash_budget": budgets.flash,
+            "budgets": budgets.limits(),
             "best_width": best.width,
             "best_resolution": best.resolution,
             "best_mean_macs": best.mean_macs,

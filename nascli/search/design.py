@@ -36,6 +36,14 @@ class Budgets:
     flash: float | None = None
     cost: str | None = None
     max_cost: float | None = None
+    params: float | None = None
+    macs: float | None = None
+    peak_memory: float | None = None  # bytes, fp32 (nascli's own, not MCUNet's int8 SRAM)
+
+    def limits(self) -> dict[str, float]:
+        """The analytic budgets set (metric -> limit), in the order they are checked."""
+        names = ("params", "macs", "peak_memory", "sram", "flash")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def __post_init__(self) -> None:
         if self.max_cost is not None and self.cost not in (*ANALYTIC_UNITS, "lut"):
@@ -60,6 +68,9 @@ class DesignSpace:
     over_sram: int  # samples each budget rejected (a sample may exceed several)
     over_flash: int
     over_cost: int
+    over_params: int = 0
+    over_macs: int = 0
+    over_peak_memory: int = 0
 
     @property
     def share(self) -> float:
@@ -95,6 +106,7 @@ def rank_design_spaces(
         if missing:
             raise NascliError(f"no {budgets.cost} cost for the spaces {missing}")
     metrics = ["macs", "sram", "flash"]
+    metrics += [m for m in budgets.limits() if m not in metrics]
     if budgets.max_cost is not None and budgets.cost not in metrics and not fitted:
         metrics.append(budgets.cost)
     compile_seconds = evaluate_seconds = 0.0
@@ -109,19 +121,13 @@ def rank_design_spaces(
             values = {m: c(indices) for m, c in compiled.items()}
             if fitted:
                 values[budgets.cost] = tables[(width, resolution)](indices)
-            over = {
-                "sram": values["sram"] > budgets.sram if budgets.sram is not None else None,
-                "flash": values["flash"] > budgets.flash if budgets.flash is not None else None,
-                "cost": (
-                    values[budgets.cost] > budgets.max_cost
-                    if budgets.max_cost is not None
-                    else None
-                ),
-            }
+            over = {name: values[name] > limit for name, limit in budgets.limits().items()}
+            if budgets.max_cost is not None:
+                over["cost"] = values[budgets.cost] > budgets.max_cost
             rejected = torch.zeros(samples, dtype=torch.bool)
             for mask in over.values():
-                if mask is not None:
-                    rejected |= mask
+                rejected |= mask
+            counts = {f"over_{name}": int(mask.sum()) for name, mask in over.items()}
             fitting = values["macs"][~rejected].sort().values
             evaluate_seconds += time.perf_counter() - tick
             macs[(width, resolution)] = fitting
@@ -135,9 +141,7 @@ def rank_design_spaces(
                     mean_macs=float(fitting.mean()) if len(fitting) else nan,
                     median_macs=float(fitting.median()) if len(fitting) else nan,
                     top20_macs=float(fitting.quantile(0.8)) if len(fitting) else nan,
-                    over_sram=int(over["sram"].sum()) if over["sram"] is not None else 0,
-                    over_flash=int(over["flash"].sum()) if over["flash"] is not None else 0,
-                    over_cost=int(over["cost"].sum()) if over["cost"] is not None else 0,
+                    **{"over_sram": 0, "over_flash": 0, "over_cost": 0, **counts},
                 )
             )
     ranked = sorted(rows, key=lambda r: (r.fit == 0, -(r.mean_macs if r.fit else 0.0)))
