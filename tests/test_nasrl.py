@@ -181,14 +181,16 @@ def test_nasrl_search_end_to_end(run_cli, tmp_path):
     assert json.loads((out / "arch.json").read_text())["indices"] == summary["indices"]
     assert summary["reference_children"] == 0 and summary["reference_reward"] is None
     assert not (out / "reference.csv").exists()
-    more = run_cli("search", *args, "strategy.reference=2", f"out={tmp_path / 'r'}")
+    # A finished search is given its uniform reference later: the same run, extended.
+    more = run_cli("search", *args, "strategy.reference=2", f"out={out}")
     assert more.exit_code == 0, more.output
-    reference = pd.read_csv(tmp_path / "r" / "reference.csv")
+    assert "resuming from child 4 of 6" in more.output
+    reference = pd.read_csv(out / "reference.csv")
     assert len(reference) == 2 and set(reference["status"]) == {"done"}
-    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["reference_reward"] == pytest.approx(reference["reward"].mean())
-    searched = pd.read_csv(tmp_path / "r" / "children.csv")
-    assert summary["reward_last_half"] == pytest.approx(searched["reward"].iloc[2:].mean())
+    assert summary["reward_last_half"] == pytest.approx(children["reward"].iloc[2:].mean())
+    pd.testing.assert_frame_equal(pd.read_csv(out / "children.csv"), children)
 
 
 def test_a_steps_children_train_in_parallel_workers(run_cli, tmp_path):

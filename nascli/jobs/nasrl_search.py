@@ -47,8 +47,9 @@ from nascli.space.network import decode
 from nascli.train.checkpoint import load_checkpoint
 from nascli.train.distributed import context, world_size
 
-#: How a run is driven, not what it is: a sweep's jobs and the collecting run share it.
-DRIVING = ("child", "collect")
+#: How a run is driven or extended, not what it searched: a sweep's jobs and the collecting
+#: run share its checkpoint, and a finished search can be given a uniform reference later.
+DRIVING = ("child", "collect", "reference")
 
 
 def fingerprint(cfg: DictConfig) -> dict[str, Any]:
