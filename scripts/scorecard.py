@@ -4,6 +4,8 @@ For each target and seed: run `nascli search` (TuNAS) and count its compute in
 training-image equivalents (train images + reward images / 3: a forward pass costs about a
 third of a training step). The random baseline gets as many candidates as that budget buys with
 its recipe; the Zen-NAS evolution as many iterations (two forward passes of its batch each).
+ProxylessNAS (`strategy=proxyless_cpu`) runs its own default length, 230 weight steps as TuNAS;
+its budget is the weight steps' images plus the architecture steps' (each a training pass).
 Every winner is then retrained from scratch with one recipe (`train=cpu_quick` for
 --retrain-epochs epochs, --retrain-seeds times) and scored on the test split: its score is the
 mean over those retrainings. Per target the table gives mean ± std over seeds and Welch's
@@ -11,7 +13,7 @@ t-test of each strategy against random (two-sided). Every command resumes, so re
 script after an interruption continues where it stopped.
 
     python scripts/scorecard.py [--space proxylessnas] [--targets 84 40] [--seeds 0 1 2]
-        [--strategies tunas random zen] [--retrain-epochs 10] [--retrain-seeds 1]
+        [--strategies tunas random zen proxyless] [--retrain-epochs 10] [--retrain-seeds 1]
         [--out runs/scorecard]
         [-- extra overrides for every command, e.g. data=cifar10 data.root=~/data]
 """
@@ -38,7 +40,7 @@ from nascli.data import load_data
 from nascli.report.machine import machine_line
 from nascli.report.summary import read_summary
 
-STRATEGIES = ("tunas", "random", "zen")
+STRATEGIES = ("tunas", "random", "zen", "proxyless")
 
 
 def nascli(*args: str) -> None:
@@ -70,6 +72,11 @@ def zen_batch(extra: list[str]) -> int:
 
 def tunas_budget(found: dict) -> float:
     return found["images"] + found["reward_images"] / 3
+
+
+def proxyless_budget(found: dict) -> float:
+    """Weight steps' images plus the α steps' (a forward and backward pass each, as training)."""
+    return found["images"] + found["arch_images"]
 
 
 def zen_budget(found: dict) -> float:
@@ -122,6 +129,10 @@ def search_seed(
         nascli("search", *base, "strategy=zen", f"strategy.iterations={iterations}",
                f"out={directory}")  # fmt: skip
         runs["zen"] = (directory, zen_budget(summary(directory)))
+    if "proxyless" in names:  # its own default length (230 weight steps, as TuNAS's)
+        directory = out / f"proxyless/{seed}"
+        nascli("search", *base, "strategy=proxyless_cpu", f"out={directory}")
+        runs["proxyless"] = (directory, proxyless_budget(summary(directory)))
     rows = []
     for name, (directory, spent) in runs.items():
         found = summary(directory)
