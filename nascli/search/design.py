@@ -22,6 +22,7 @@ import torch
 
 from nascli.cost.models import ANALYTIC_UNITS, compiled_analytics
 from nascli.errors import NascliError
+from nascli.search.budgets import NAMES as BUDGET_NAMES
 from nascli.space.arch import sample_indices
 from nascli.space.network import NetworkSettings
 from nascli.space.spaces import SearchSpace
@@ -42,8 +43,7 @@ class Budgets:
 
     def limits(self) -> dict[str, float]:
         """The analytic budgets set (metric -> limit), in the order they are checked."""
-        names = ("params", "macs", "peak_memory", "sram", "flash")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        return {n: getattr(self, n) for n in BUDGET_NAMES if getattr(self, n) is not None}
 
     def __post_init__(self) -> None:
         if self.max_cost is not None and self.cost not in (*ANALYTIC_UNITS, "lut"):
