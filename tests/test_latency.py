@@ -22,6 +22,7 @@ from nascli.cost.lut import (
     POOLED,
     LookupTable,
     choose_correction,
+    corrected,
     distinct_layers,
     drift_corrected,
     fit_correction,
@@ -208,6 +209,32 @@ def test_corrections_recover_known_surfaces_and_the_simplest_that_fits_is_chosen
     few = {name: values[:4] for name, values in features.items()}
     with pytest.raises(NascliError, match="at least 5"):
         choose_correction(few, line[:4])
+
+
+def test_a_correction_that_predicts_a_negative_latency_anywhere_checked_is_not_chosen():
+    # Five noisy timings can make the best leave-one-out fit a steep line whose offset drives
+    # the space's smallest network below zero; such a fit is never the table's correction.
+    rng = np.random.default_rng(1)
+    features = {
+        "layer_sum_ms": rng.uniform(5, 10, 12),
+        "mparams": rng.uniform(0.5, 8, 12),
+        "layers": rng.integers(10, 25, 12).astype(float),
+    }
+    sums, mparams, layers = features.values()
+    steep = 1.2 * sums + 0.3 * mparams + 0.04 * layers - 3.0
+    small = {
+        "layer_sum_ms": np.array([0.5]),
+        "mparams": np.array([0.1]),
+        "layers": np.array([10.0]),
+    }
+    assert choose_correction(features, steep) == "context"  # unchecked, it fits exactly
+    chosen = choose_correction(features, steep, small)
+    assert chosen != "context"
+    assert corrected(fit_corrections(features, steep)[chosen], small)[0] > 0
+    # Below the sum everywhere by a constant: every fit with an offset goes negative on the
+    # small network, and the factor alone is left.
+    assert choose_correction(features, sums - 2.0, small) == "proportional"
+    assert fit_correction("proportional", features, sums - 2.0)["offset"] == 0.0
 
 
 def test_corrections_are_fitted_on_relative_errors_not_milliseconds():

@@ -1,10 +1,11 @@
 """Latency lookup tables: every distinct layer a space can produce, timed on this machine.
 
 A network's predicted latency is the sum of its layers' entries plus a correction fitted on
-end-to-end measurements of a few networks: a constant per-network overhead, or a line in the
-sum, optionally with the network's weights and number of layers as further terms (see
+end-to-end measurements of a few networks: a constant per-network overhead, a factor, or a line
+in the sum, optionally with the network's weights and number of layers as further terms (see
 `CORRECTIONS`). The correction is chosen by leave-one-out error on the calibration networks,
-before the validation networks are looked at.
+before the validation networks are looked at, among those that predict a positive latency for
+every network they are checked on (a fit to a few noisy timings can extrapolate below zero).
 
 A layer timed alone is not the same layer inside a network: alone, its code and data stay hot
 from one run to the next; inside, the other layers ran in between. How much that changes its
@@ -218,12 +219,14 @@ class LookupTable:
 FEATURES = {"layer_sum_ms": "scale", "mparams": "per_mparam", "layers": "per_layer"}
 NO_CORRECTION = {"scale": 1.0, "per_mparam": 0.0, "per_layer": 0.0, "offset": 0.0}
 #: The candidates, simplest first, by the features their least-squares fit uses besides the
-#: offset. `overhead` fits only the offset (the median residual, scale 1). `weights` adds the
+#: offset. `overhead` fits only the offset (the median residual, scale 1); `proportional` only
+#: the scale (the median ratio, no offset: positive whenever the layer sum is). `weights` adds the
 #: network's weights (a layer timed alone keeps them in cache; inside a network they were
 #: evicted by the rest of it); `context` adds the number of layers (each layer inside a network
 #: pays a fixed extra cost that a layer timed alone, with hot code and data, does not).
 CORRECTIONS: dict[str, tuple[str, ...]] = {
     "overhead": (),
+    "proportional": ("layer_sum_ms",),
     "linear": ("layer_sum_ms",),
     "weights": ("layer_sum_ms", "mparams"),
     "context": ("layer_sum_ms", "mparams", "layers"),
@@ -231,6 +234,8 @@ CORRECTIONS: dict[str, tuple[str, ...]] = {
 #: The fewest calibration networks a correction is chosen from: one more than the largest fit
 #: has terms, so that every fit is determined.
 MIN_CALIBRATION = max(len(used) for used in CORRECTIONS.values()) + 2
+#: The correction used when no other predicts a positive latency everywhere it is checked.
+FALLBACK = "proportional"
 
 Features = dict[str, Any]  # feature name -> a number or an array over networks
 
@@ -258,11 +263,13 @@ def fit_correction(kind: str, features: Features, measured: np.ndarray) -> dict[
     """Least squares in the features `kind` uses, plus an offset, on *relative* errors (each
     network's row divided by its measured latency), since accuracy is judged in percent and
     plain least squares would favour the slowest networks; `overhead` is the median residual of
-    the plain sum."""
+    the plain sum, `proportional` the median ratio of measured to sum."""
     sums = np.asarray(features["layer_sum_ms"], dtype=float)
     measured = np.asarray(measured, dtype=float)
     if kind == "overhead":
         return {**NO_CORRECTION, "offset": float(np.median(measured - sums))}
+    if kind == "proportional":
+        return {**NO_CORRECTION, "scale": float(np.median(measured / sums))}
     used = CORRECTIONS[kind]
     design = np.column_stack(
         [*(np.asarray(features[n], dtype=float) for n in used), np.ones_like(sums)]
@@ -291,15 +298,28 @@ def leave_one_out_error(kind: str, features: Features, measured: np.ndarray) -> 
     return float(np.mean(errors))
 
 
-def choose_correction(features: Features, measured: np.ndarray) -> str:
+def admissible(fit: dict[str, float], features: Features) -> bool:
+    """Whether `fit` predicts a positive latency for every network in `features`."""
+    return bool(np.all(np.asarray(corrected(fit, features), dtype=float) > 0))
+
+
+def choose_correction(
+    features: Features, measured: np.ndarray, checked: Features | None = None
+) -> str:
     """The candidate with the least leave-one-out error on the calibration networks (the
-    simpler one on a tie)."""
+    simpler one on a tie), among those whose fit on all of them predicts a positive latency
+    for the calibration networks and every network in `checked`; `FALLBACK` if none does."""
     if len(measured) < MIN_CALIBRATION:
         raise NascliError(
             f"cost.calibrate must be at least {MIN_CALIBRATION} to choose a LUT correction"
         )
-    errors = {kind: leave_one_out_error(kind, features, measured) for kind in CORRECTIONS}
-    order = list(CORRECTIONS)
+    fits = fit_corrections(features, measured)
+    order = [
+        kind
+        for kind in CORRECTIONS
+        if admissible(fits[kind], features) and (checked is None or admissible(fits[kind], checked))
+    ] or [FALLBACK]
+    errors = {kind: leave_one_out_error(kind, features, measured) for kind in order}
     return min(order, key=lambda kind: (round(errors[kind], 6), order.index(kind)))
 
 

@@ -50,6 +50,8 @@ from nascli.space.spaces import SearchSpace
 #: as timed, and the drift probe's reading taken with it and that reading's number.
 TIMING_COLUMNS = ("key", "raw_ms", "probe_ms", "probe")
 PROBE_RUNS = 5
+#: Networks sampled only to check that a correction predicts a positive latency for them.
+CHECKED = 256
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,11 @@ def read_partial(path: Path) -> dict[str, Timed]:
 
 
 def choose_and_validate(
-    frame: pd.DataFrame, sums: str
+    frame: pd.DataFrame, sums: str, checked: pd.DataFrame
 ) -> tuple[str, dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Every correction fitted on the calibration archs with `sums` as the layer sum, the one
-    chosen by leave-one-out, and each one's accuracy on the validation archs."""
+    chosen by leave-one-out among those predicting a positive latency for every network of
+    `frame` and `checked`, and each one's accuracy on the validation archs."""
 
     def features(rows: pd.DataFrame) -> dict[str, np.ndarray]:
         return {name: rows[name].to_numpy() for name in FEATURES} | {
@@ -105,7 +108,8 @@ def choose_and_validate(
         }
 
     calib, valid = frame[frame.set == "calibrate"], frame[frame.set == "validate"]
-    best = choose_correction(features(calib), calib.measured_ms.to_numpy())
+    everywhere = pd.concat([frame, checked], ignore_index=True)
+    best = choose_correction(features(calib), calib.measured_ms.to_numpy(), features(everywhere))
     fits = fit_corrections(features(calib), calib.measured_ms.to_numpy())
     report = {
         name: {**fit, **accuracy(corrected(fit, features(valid)), valid.measured_ms.to_numpy())}
@@ -257,6 +261,22 @@ class TableBuilder:
             next_round()
         return self._report(layers, timed, networks, archs, sets, calibration, robin, inside)
 
+    def _checked_features(self, table: LookupTable) -> pd.DataFrame:
+        """The features of networks that are predicted but never timed, on which a correction
+        must give a positive latency: each decision's first and each its last option, and
+        `CHECKED` uniform samples (a generator of their own, so the timed archs stay put)."""
+        space, settings = self.space, self.settings
+        firsts = [0] * len(space.decisions)
+        lasts = [d.num_choices - 1 for d in space.decisions]
+        generator = torch.Generator().manual_seed(self.options.seed + 1)
+        archs = [firsts, lasts, *sample_indices(space, CHECKED, generator).tolist()]
+        networks = [decode(space, indices, settings) for indices in archs]
+        rows = pd.DataFrame(
+            [network_features(network, table.layer_sum(network)) for network in networks]
+        )
+        rows["alone_sum_ms"] = [table.layer_sum(n, inside=False) for n in networks]
+        return rows
+
     def _report(self, layers, timed, networks, archs, sets, calibration, robin, inside):
         timed = {k: timed[k] for k in layers}
         table = LookupTable(drift_corrected(timed), self.identity)
@@ -268,6 +288,7 @@ class TableBuilder:
             [network_features(network, table.layer_sum(network)) for network in networks]
         )
         features["alone_sum_ms"] = [table.layer_sum(n, inside=False) for n in networks]
+        checked = self._checked_features(table)
         frame = pd.DataFrame(
             {
                 "indices": [":".join(map(str, indices)) for indices in archs.tolist()],
@@ -284,13 +305,13 @@ class TableBuilder:
                 halves.measured_even_ms.to_numpy(), halves.measured_odd_ms.to_numpy()
             )
             repeatability = {k: agreement[k] for k in ("within_10", "within_5", "mape")}
-        best, fits, report = choose_and_validate(frame, "layer_sum_ms")
+        best, fits, report = choose_and_validate(frame, "layer_sum_ms", checked)
         for name, fit in fits.items():
             frame[f"predicted_{name}_ms"] = corrected(fit, frame)
         table.correction = fits[best]
         alone = None
         if table.in_network:  # what the same choice makes of the layers summed as timed alone
-            alone_best, _, alone_report = choose_and_validate(frame, "alone_sum_ms")
+            alone_best, _, alone_report = choose_and_validate(frame, "alone_sum_ms", checked)
             alone = {"correction_kind": alone_best, **alone_report[alone_best]}
         readings = np.array([reading for _, reading, _ in timed.values()])
         probe_every = self.options.probe_every
