@@ -5,7 +5,11 @@ with AVX512). The TuNAS run was recorded again when `strategy=tunas_cpu` turned
 the earlier recording exactly. Every `arch.json` was recorded again when it gained the int8
 `sram_bytes` and `flash_bytes` (totals and per layer), after checking that every other value
 was unchanged. Float arithmetic differs between CPU instruction sets and torch
-versions, so elsewhere the comparison is skipped with the reason."""
+versions: on an AVX2 CPU the TuNAS and Zen-NAS runs reproduce the AVX512 recording exactly,
+while one random-baseline candidate trains to another valid accuracy, so `random/AVX2/` holds
+that run's files as recorded on AVX2 (2026-12-02, the code of the first AVX2 recording, before
+the search log was appended instead of rewritten). Elsewhere the comparison is skipped with
+the reason."""
 
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from tests.conftest import TINY
 
 GOLDEN = Path(__file__).parent / "golden"
 RECORDED = json.loads((GOLDEN / "machine.json").read_text())
-HERE = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+CAPABILITY = torch.backends.cpu.get_cpu_capability()
+SAME = torch.__version__ == RECORDED["torch"] and CAPABILITY in RECORDED["cpu_capability"]
 TIMING = ("seconds", "train_seconds")
 
 COMMANDS = {
@@ -41,7 +46,9 @@ COMMANDS = {
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(HERE != RECORDED, reason=f"golden files were made with {RECORDED}, not {HERE}")
+@pytest.mark.skipif(
+    not SAME, reason=f"golden files were made with {RECORDED}, not {torch.__version__} {CAPABILITY}"
+)
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_a_fixed_seed_gives_the_recorded_run(name, tmp_path):
     args, files = COMMANDS[name]
@@ -52,16 +59,19 @@ def test_a_fixed_seed_gives_the_recorded_run(name, tmp_path):
         env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+    def golden(file: str) -> Path:  # this instruction set's own recording where it differs
+        own = GOLDEN / name / CAPABILITY / file
+        return own if own.exists() else GOLDEN / name / file
+
     for file in files:
         if file.endswith(".csv"):
             got = pd.read_csv(out / file)
             got = got.drop(columns=[c for c in TIMING if c in got.columns])
-            want = pd.read_csv(GOLDEN / name / file)
+            want = pd.read_csv(golden(file))
             pd.testing.assert_frame_equal(got, want, check_exact=True, obj=file)
         else:
-            assert json.loads((out / file).read_text()) == json.loads(
-                (GOLDEN / name / file).read_text()
-            )
+            assert json.loads((out / file).read_text()) == json.loads(golden(file).read_text())
     summary = json.loads((out / "summary.json").read_text())
-    recorded = json.loads((GOLDEN / name / "result.json").read_text())
+    recorded = json.loads(golden("result.json").read_text())
     assert {k: summary[k] for k in recorded} == recorded
