@@ -4,6 +4,9 @@ methods' §2.4."""
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -18,7 +21,7 @@ from nascli.nn.supernet import Sample, Supernet
 from nascli.search.gradient import GradientSearch, GradientSettings, cost_loss
 from nascli.space.network import NetworkSettings
 from nascli.space.spaces import SPACES
-from nascli.train.distributed import context
+from nascli.train.distributed import Context, context
 from tests.conftest import SPACE_NAMES, TINY, assert_common_summary
 
 NET = NetworkSettings(resolution=16, num_classes=4, in_channels=1, width_multiplier=0.25)
@@ -30,7 +33,7 @@ DATA = {"name": "synthetic", "num_samples": 160, "resolution": 16, "in_channels"
         "num_classes": 4, "valid_fraction": 0.3}  # fmt: skip
 
 
-def make_search(space_name="proxylessnas", cost="pixel1", **settings):
+def make_search(space_name="proxylessnas", cost="pixel1", ctx=None, **settings):
     space = SPACES[space_name]
     data = load_data(OmegaConf.merge(OmegaConf.structured(DataConfig), DATA))
     model = Pixel1Cost(space, NET) if cost == "pixel1" else AnalyticCost(space, NET, cost)
@@ -39,7 +42,7 @@ def make_search(space_name="proxylessnas", cost="pixel1", **settings):
     torch.manual_seed(0)
     supernet = Supernet(space, NET)
     return GradientSearch(
-        supernet, TRAIN, GradientSettings(**values), data, model, target, context("cpu"), 0
+        supernet, TRAIN, GradientSettings(**values), data, model, target, ctx or context("cpu"), 0
     )
 
 
@@ -199,3 +202,54 @@ def test_bad_gradient_searches_are_refused_in_one_line(run_cli, args, message):
     result = run_cli("search", *args)
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+class Twins(Context):
+    """Two ranks that see the same slice: a sum over ranks is twice this rank's value."""
+
+    def all_reduce(self, tensor, op="sum"):
+        return tensor.mul_(self.world) if op == "sum" else tensor
+
+
+def test_ranks_sum_their_slices_gradients_into_the_global_batch_mean():
+    # With every rank on the same images, the global mean is the one process's: weights and
+    # α's gradient must come out as one process computes them, not `world` times larger.
+    single = make_search(relaxation="softmax")
+    twins = make_search(relaxation="softmax", ctx=Twins(0, 2, torch.device("cpu")))
+    twins.train_batches.get, twins.valid_batches.get = (
+        single.train_batches.get, single.valid_batches.get,
+    )  # fmt: skip
+    losses = [s.update_weights(0)[0] for s in (single, twins)]
+    assert losses[0] == losses[1]
+    for a, b in zip(single.net.parameters(), twins.net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    results = [s.arch_gradient(0) for s in (single, twins)]
+    torch.testing.assert_close(single.policy.logits.grad, twins.policy.logits.grad)
+    assert float(results[0][0]) == pytest.approx(float(results[1][0])) and (
+        results[0][2] == results[1][2]
+    )
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_share_each_sampled_child_and_end_identical(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["search", "strategy=proxyless", *TINY, "train.epochs=2"]
+    runs = {
+        "ddp": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "-m", "nascli", *common],
+        "single": [sys.executable, "-m", "nascli", *common],
+    }  # fmt: skip
+    for name, command in runs.items():
+        done = subprocess.run(
+            [*command, f"out={tmp_path / name}"], env=env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-1500:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and len(summary["replica_checksums"]) == 2
+    assert len(set(summary["replica_checksums"])) == 1  # weights and α agree exactly
+    ddp, single = (pd.read_csv(tmp_path / name / "search_log.csv") for name in runs)
+    assert len(ddp) == len(single) and ddp["arch_loss"].notna().any()
+    # Until α first moves the children come from the same keyed draws in both runs.
+    warm = ddp["arch_loss"].isna().cumprod().astype(bool)
+    assert warm.sum() >= 2 and ddp["cost"][warm].tolist() == single["cost"][warm].tolist()

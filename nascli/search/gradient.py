@@ -175,6 +175,11 @@ class GradientSearch(SupernetSearch):
                 f"strategy.loss={settings.loss} needs a target: set "
                 f"cost.target=<{cost_model.units}>"
             )
+        if train_cfg.batch_size % ctx.world:
+            raise NascliError(
+                f"train.batch_size={train_cfg.batch_size} must be divisible by the "
+                f"{ctx.world} ranks"
+            )
         self.data = data.to(ctx.device)
         self.train_batches = Batches(data, "train", train_cfg.batch_size, ctx, seed, True)
         if data.sizes.get("valid", 0) < train_cfg.batch_size:
@@ -318,7 +323,8 @@ class GradientSearch(SupernetSearch):
             indices = self.policy.argmax()
         logits = self.net(images, sample)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.train_cfg.label_smoothing)
-        loss.backward()
+        (loss / self.ctx.world).backward()  # summed over ranks: the global batch's mean
+        self._average_gradients()
         if self.weight_decay:
             with torch.no_grad():
                 for weight, index in self.net.active_decay():
@@ -327,7 +333,7 @@ class GradientSearch(SupernetSearch):
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.train_cfg.grad_clip_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach()), indices
+        return float(self.rank_mean(loss.detach())), indices
 
     def arch_gradient(self, t: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """α's gradient from valid batch t (nothing from a train batch). Returns the loss,
@@ -360,16 +366,22 @@ class GradientSearch(SupernetSearch):
         ce = F.cross_entropy(logits, labels)
         loss = cost_loss(ce, expected, self.target, self.settings)
         self.arch_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss / self.ctx.world).backward()  # every rank's valid slice, summed below
         self.optimizer.zero_grad(set_to_none=True)  # the weights learn from train batches only
-        grad = self.policy.logits.grad
+        grad = self.ctx.all_reduce(self.policy.logits.grad)
         if self.settings.relaxation == "binary":  # ProxylessNAS: no update when Zero is active
             zero = self.is_zero.gather(1, indices.view(-1, 1))[:, 0]
             grad[zero] = 0
         grad.masked_fill_(~self.policy.valid, 0.0)
-        quality = float((logits.argmax(1) == labels).float().mean())
+        quality = float(self.rank_mean((logits.argmax(1) == labels).float().mean()))
         self._pairs = pairs
-        return loss.detach(), expected.detach(), quality
+        return self.rank_mean(loss.detach()), expected.detach(), quality
+
+    def rank_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """A mean over this rank's slice made the global batch's (the slices are equal)."""
+        if self.ctx.world == 1:
+            return value
+        return self.ctx.all_reduce(value.clone()) / self.ctx.world
 
     def two_paths(self, t: int) -> torch.Tensor:
         """(D, C) bool: two options per searched decision drawn from softmax(α) without

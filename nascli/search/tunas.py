@@ -229,6 +229,25 @@ class SupernetSearch(Strategy):
     def train_step(self) -> Any:
         raise NotImplementedError
 
+    def _average_gradients(self) -> None:
+        """Sum gradients over ranks. A parameter no rank used keeps no gradient, so the
+        optimiser leaves it (and its momentum) untouched, as TuNAS's unexecuted branches."""
+        if self.ctx.world == 1:
+            return
+        params = list(self.net.parameters())
+        used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+        used = self.ctx.all_reduce(used.to(self.ctx.device)).cpu() > 0
+        chosen = [p for p, u in zip(params, used.tolist(), strict=True) if u]
+        flat = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in chosen]
+        )
+        self.ctx.all_reduce(flat)
+        offset = 0
+        for p in chosen:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
 
 class TunasSearch(SupernetSearch):
     """The search state (supernet, optimisers, policy, baseline) and one step of it."""
@@ -480,25 +499,6 @@ class TunasSearch(SupernetSearch):
         )
         entropy = float(self.policy.entropy(indices).mean())
         return cost, rewards, baseline, advantages, entropy, int(over.sum())
-
-    def _average_gradients(self) -> None:
-        """Sum gradients over ranks. A parameter no rank used keeps no gradient, so the
-        optimiser leaves it (and its momentum) untouched, as TuNAS's unexecuted branches."""
-        if self.ctx.world == 1:
-            return
-        params = list(self.net.parameters())
-        used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
-        used = self.ctx.all_reduce(used.to(self.ctx.device)).cpu() > 0
-        chosen = [p for p, u in zip(params, used.tolist(), strict=True) if u]
-        flat = torch.cat(
-            [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in chosen]
-        )
-        self.ctx.all_reduce(flat)
-        offset = 0
-        for p in chosen:
-            n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
-            offset += n
 
     def details(self) -> dict[str, Any]:
         """What `summary.json` records of this strategy beyond the common fields."""
