@@ -23,6 +23,7 @@ from nascli.cost.lut import MIN_CALIBRATION
 from nascli.errors import NascliError, Stopped
 from nascli.files import RunLock
 from nascli.report.console import RunConsole
+from nascli.report.metrics import tensorboard_missing
 from nascli.settings import check_fields, option
 from nascli.space.arch import Architecture, get_space, load_architecture, space_of
 from nascli.space.network import (
@@ -186,6 +187,8 @@ class Config:
     # `nascli search`'s hard budgets, strategy-independent (conf/search.yaml).
     budget: Any = None
     seed: int = option(0, ge=0, lt=2**32)
+    # Log rows also as TensorBoard events in <out>/tensorboard (needs the tensorboard package).
+    tensorboard: bool = option(False)
     device: str = option(
         "auto", text="auto, cpu, cuda, cuda:N or mps", pattern=r"auto|cpu|cuda(:\d+)?|mps"
     )
@@ -270,8 +273,10 @@ def validate(cfg: DictConfig) -> None:
     value is one `NascliError` line naming the key, the value and what is allowed."""
     for group, schema in GROUP_SCHEMAS.items():
         check_fields(schema, _plain(cfg[group]), group)
-    top = {key: cfg[key] for key in ("arch", "input", "seed", "device")}
+    top = {key: cfg[key] for key in ("arch", "input", "seed", "device", "tensorboard")}
     check_fields(Config, top, "")
+    if top.get("tensorboard") and (missing := tensorboard_missing()):
+        raise NascliError(missing)
     if isinstance(cfg.get("proxies"), DictConfig):
         check_fields(ProxiesConfig, _plain(cfg.proxies), "proxies")
     if isinstance(cfg.get("board"), DictConfig):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -30,6 +31,66 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
     with atomic_path(path) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+class LogFile:
+    """A CSV log kept in step with a checkpoint by appending: `append(rows)` writes the rows
+    after those already written (the whole file again only when a row brings a new column), and
+    `resume(count)` reads the first `count` rows back, cutting off any written after the
+    checkpoint that counted them (the units they logged are done again). Values read back are
+    Python scalars with None for an empty cell; floats read back exactly."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.columns: list[str] = []
+        self.written = 0
+
+    def rewrite(self, rows: list[dict[str, Any]]) -> None:
+        import pandas as pd
+
+        if rows:
+            frame = pd.DataFrame(rows)
+            with atomic_path(self.path) as tmp:
+                frame.to_csv(tmp, index=False)
+            self.columns = list(frame.columns)
+        self.written = len(rows)
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        import pandas as pd
+
+        new = rows[self.written :]
+        if not new:
+            return
+        if not self.written or any(key not in self.columns for row in new for key in row):
+            self.rewrite(rows)
+            return
+        with self.path.open("a", newline="") as file:
+            pd.DataFrame(new, columns=self.columns).to_csv(file, index=False, header=False)
+        self.written = len(rows)
+
+    def resume(self, count: int, cut: bool = True) -> list[dict[str, Any]]:
+        """The first `count` rows; with `cut`, the file is truncated after them."""
+        import pandas as pd
+
+        if count == 0:
+            if cut:
+                self.path.unlink(missing_ok=True)
+            return []
+        data = self.path.read_bytes() if self.path.exists() else b""
+        if data.count(b"\n") < count + 1:  # the header line, then `count` rows
+            raise NascliError(
+                f"{self.path} holds fewer than the {count} rows its checkpoint counts; "
+                "restore it or start the run again in a new out="
+            )
+        end = -1
+        for _ in range(count + 1):
+            end = data.index(b"\n", end + 1)
+        if cut and end + 1 < len(data):
+            with self.path.open("r+b") as file:
+                file.truncate(end + 1)
+        frame = pd.read_csv(io.BytesIO(data[: end + 1]))
+        self.columns, self.written = list(frame.columns), count
+        return frame.astype(object).where(frame.notna(), None).to_dict("records")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

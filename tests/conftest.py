@@ -64,3 +64,15 @@ def assert_common_summary(summary: dict, command: str, strategy: str | None) -> 
     filled = ("space", "indices", "seed", "world_size", "params", "macs", "images", "seconds")
     for key in (*filled, "wall_seconds"):
         assert summary[key] is not None, key
+
+
+def tensorboard_scalars(directory) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the TensorBoard events in `directory`: tag -> [(step, value)] in step
+    order, after the purges a resumed run asked for."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(directory))
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }

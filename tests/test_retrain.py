@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from nascli.space.arch import get_space
 from nascli.space.network import NetworkSettings, decode
 from nascli.space.references import references_in
 from nascli.train.checkpoint import load_checkpoint
-from tests.conftest import assert_common_summary
+from tests.conftest import assert_common_summary, tensorboard_scalars
 
 # A tiny, fast setting: scikit-learn's digits at 16×16 and a quarter-width ProxylessNAS-Mobile.
 TINY = [
@@ -61,7 +62,7 @@ def assert_same_weights(a, b, **tolerance):
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("straight")
-    code, output = finish(nascli(*TINY, "train.epochs=3", f"out={run_dir}"))
+    code, output = finish(nascli(*TINY, "train.epochs=3", "tensorboard=true", f"out={run_dir}"))
     assert code == 0, output
     return run_dir, output
 
@@ -77,6 +78,10 @@ def test_retrain_writes_summary_checkpoints_and_metrics(straight_run):
     assert {"arch.json", "best.pt", "last.pt", "metrics.csv"} <= {p.name for p in run_dir.iterdir()}
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 4
     assert "test top1" in output
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    events = tensorboard_scalars(run_dir / "tensorboard")
+    assert [step for step, _ in events["valid_top1"]] == metrics.step.tolist()
+    assert [v for _, v in events["valid_top1"]] == pytest.approx(metrics.valid_top1.tolist())
 
 
 def interrupt_then_resume(run_dir, signum):

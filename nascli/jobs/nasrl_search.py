@@ -160,7 +160,9 @@ def run_nasrl(cfg: DictConfig) -> None:
             f" · depth {settings.depth_start} layers, + {settings.depth_step} every {every} "
             f"children, at most {space.graph_layers}"
         )
-    rows, seconds = drive(search, out, fingerprint(cfg), console, header)
+    rows, seconds = drive(
+        search, out, fingerprint(cfg), console, header, tensorboard=cfg.tensorboard
+    )
     best = search.best()
     if best is None:
         raise NascliError(f"every child failed; see {out}/children/*/error.txt")

@@ -80,6 +80,7 @@ def run(cfg: DictConfig) -> None:
         run_dir=out,
         fingerprint=fingerprint(cfg, arch.text, ctx.world),
         console=console,
+        tensorboard=cfg.tensorboard,
     )
     try:
         outcome = trainer.fit()

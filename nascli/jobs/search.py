@@ -133,6 +133,7 @@ def run_tunas(cfg: DictConfig) -> None:
         header,
         writer=ctx.is_main,
         agreed_stop=lambda signum: int(ctx.all_reduce(torch.tensor([signum]), op="max")[0]),
+        tensorboard=cfg.tensorboard,
     )
     replicas = check_replicas(
         ctx, [*search.net.state_dict().values(), *(t.float() for t in search.policy.tensors())]
@@ -145,11 +146,7 @@ def run_gradient(cfg: DictConfig) -> None:
     the weight-shared supernet (`nascli/search/gradient.py`)."""
     started = time.perf_counter()
     ctx = context(cfg.device)
-    if ctx.world > 1:
-        raise NascliError(
-            f"strategy={cfg.strategy.name} runs in one process: start it without torchrun"
-        )
-    console = RunConsole()
+    console = RunConsole(quiet=not ctx.is_main)
     settings = GradientSettings.from_config(cfg.strategy)
     space, net_settings, cost_model, target = supernet_setup(cfg, ctx)
     data = load_data(cfg.data)
@@ -157,17 +154,30 @@ def run_gradient(cfg: DictConfig) -> None:
     supernet = Supernet(space, net_settings, settings.supernet_init)
     search = GradientSearch(supernet, cfg.train, settings, data, cost_model, target, ctx, cfg.seed)
     out = run_directory()
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     header = (
         f"search {space.title} · strategy {settings.name} ({settings.relaxation} paths, "
         f"{settings.loss} loss, an α step every {settings.arch_update_every} after "
         f"{settings.warmup_fraction:.0%}) · cost {cost_model.name} target "
         f"{target if target is not None else '–'} {cost_model.units} · data {data.name} "
         f"{net_settings.resolution}px · {search.total_steps} steps of "
-        f"{cfg.train.batch_size} images · {ctx.device}"
+        f"{cfg.train.batch_size} images · {ctx.world} × {ctx.device}"
     )
-    rows, seconds = drive(search, out, fingerprint(cfg, 1), console, header)
-    finish(cfg, search, rows, out, console, target, seconds, started, [])
+    rows, seconds = drive(
+        search,
+        out,
+        fingerprint(cfg, ctx.world),
+        console,
+        header,
+        writer=ctx.is_main,
+        agreed_stop=lambda signum: int(ctx.all_reduce(torch.tensor([signum]), op="max")[0]),
+        tensorboard=cfg.tensorboard,
+    )
+    replicas = check_replicas(
+        ctx, [*search.net.state_dict().values(), search.policy.logits.detach()]
+    )
+    finish(cfg, search, rows, out, console, target, seconds, started, replicas)
 
 
 def finish(

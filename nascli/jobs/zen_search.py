@@ -69,7 +69,9 @@ def run_zen(cfg: DictConfig) -> None:
         f"{settings.iterations:,} iterations · budget {', '.join(budgets) or 'none'} · "
         f"{net_settings.resolution}px × {net_settings.in_channels} channels"
     )
-    rows, seconds = drive(search, out, fingerprint(cfg), console, header)
+    rows, seconds = drive(
+        search, out, fingerprint(cfg), console, header, tensorboard=cfg.tensorboard
+    )
     finish(cfg, search, rows, out, console, max_cost, seconds, started)
 
 

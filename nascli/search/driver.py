@@ -4,8 +4,11 @@ checkpoints and signals. A strategy is a `Strategy`: its state and one unit of w
 does the rest the same way for all of them. A unit that trains (and checkpoints) by itself may
 raise the trainer's `Interrupted`: the driver then writes its own checkpoint and stops too.
 
-The checkpoint (`last.pt`) holds the run's fingerprint, the strategy's state, the log rows so
-far and the seconds spent; `search_log.csv` and the strategy's own tables are rewritten with it.
+The checkpoint (`last.pt`) holds the run's fingerprint, the strategy's state, how many log rows
+it covers and the seconds spent. `search_log.csv` is appended with the rows since the last
+checkpoint just before it (a long search does not rewrite its whole log every time), and a
+resumed run cuts the file back to the rows its checkpoint covers; the strategy's own tables are
+rewritten with every checkpoint.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from nascli.errors import Stopped
-from nascli.files import write_csv
+from nascli.files import LogFile, write_csv
+from nascli.report.metrics import scalars
 from nascli.train.checkpoint import load_checkpoint, save_checkpoint
 from nascli.train.engine import Interrupted, progress_bar, stop_requests
 
@@ -74,37 +79,45 @@ def drive(
     *,
     writer: bool = True,
     agreed_stop: Callable[[int], int] = lambda signum: signum,
+    tensorboard: bool = False,
 ) -> tuple[list[dict[str, Any]], float]:
     """Run `strategy` to its end in `out`, resuming from `out/last.pt` when it is there, and
     return the log rows and the seconds spent in `advance` (over every resumed part).
 
     `writer`: this process writes the files (rank 0 under torchrun). `agreed_stop`: the signal
     every rank agrees to stop on (a reduction over ranks), given this rank's (0: none).
+    `tensorboard`: each log row's numbers also as TensorBoard scalars at the unit's position.
     Raises `Stopped` after the checkpoint when a signal asked to stop."""
     checkpoint = out / "last.pt"
+    log = LogFile(out / "search_log.csv")
     rows: list[dict[str, Any]] = []
     seconds = 0.0
     unit = strategy.unit
     if checkpoint.exists():
         state = load_checkpoint(checkpoint, identity)
         strategy.load_state(state["search"])
-        rows, seconds = state["log"], state["seconds"]
+        seconds = state["seconds"]
+        if "log" in state:  # a checkpoint that carried the whole log, before `log_rows`
+            rows = state["log"]
+            if writer:
+                log.rewrite(rows)
+        else:
+            rows = log.resume(state["log_rows"], cut=writer)
         console.print(f"resuming from {unit} {strategy.position:,} of {strategy.total:,}")
     console.print(header, soft_wrap=True)
+    sink = scalars(tensorboard and writer, out, strategy.position)
 
     def save() -> None:
         if not writer:
             return
-        save_checkpoint(
-            checkpoint,
-            {"fingerprint": identity, "search": strategy.state(), "log": rows, "seconds": seconds},
-        )
-        if rows:  # a strategy may log nothing per unit and keep its rows in `tables`
-            write_csv(out / "search_log.csv", rows)
+        sink.flush()
+        log.append(rows)  # before the checkpoint that counts them: a kill between loses none
+        state = {"search": strategy.state(), "log_rows": len(rows), "seconds": seconds}
+        save_checkpoint(checkpoint, {"fingerprint": identity, **state})
         for name, table in strategy.tables().items():
             write_csv(out / name, table)
 
-    with stop_requests() as requested, progress_bar(console, writer) as progress:
+    with closing(sink), stop_requests() as requested, progress_bar(console, writer) as progress:
         task = progress.add_task(
             "search", total=strategy.total, completed=strategy.position, status=""
         )
@@ -120,6 +133,7 @@ def drive(
             row = strategy.log_row(record, seconds)
             if row is not None:
                 rows.append(row)
+                sink.write(row, strategy.position)
             status = strategy.status(rows[-1]) if rows else ""
             progress.update(task, completed=strategy.position, refresh=True, status=status)
             stop = agreed_stop(requested.signum)

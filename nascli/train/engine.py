@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from nascli.data.source import DataSource
 from nascli.errors import NascliError
 from nascli.files import write_csv
+from nascli.report.metrics import NoScalars, Scalars, scalars
 from nascli.train.checkpoint import load_checkpoint, save_checkpoint
 from nascli.train.distributed import Context, convert_sync_batchnorm
 from nascli.train.optim import build_optimizer, learning_rate
@@ -196,6 +197,7 @@ class Trainer:
         run_dir: Path | None,
         fingerprint: dict[str, Any],
         console: Console | None = None,
+        tensorboard: bool = False,
     ):
         if cfg.batch_size % ctx.world:
             raise NascliError(
@@ -208,6 +210,8 @@ class Trainer:
         self.run_dir = run_dir
         self.fingerprint = fingerprint
         self.console = console or Console()
+        self.tensorboard = tensorboard  # each epoch's row also as TensorBoard scalars
+        self.sink: Scalars | NoScalars = NoScalars()
         self.steps_per_epoch = data.steps_per_epoch(cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.peak_lr = cfg.lr_per_256 * cfg.batch_size / 256
@@ -411,7 +415,8 @@ class Trainer:
         self.net.train()
         log_every = max(1, self.cfg.log_every)
         checkpoint_every = self.cfg.checkpoint_every
-        with self.stop_on_signals(), self.progress() as progress:
+        self.sink = scalars(self.tensorboard and self.ctx.is_main, self.run_dir, resumed_from)
+        with closing(self.sink), self.stop_on_signals(), self.progress() as progress:
             task = progress.add_task(
                 "train", total=self.total_steps, completed=self.step, status=""
             )
@@ -499,6 +504,8 @@ class Trainer:
                         },
                     )
         self.history.append(row)
+        self.sink.write(row, self.step)
+        self.sink.flush()
         self._reset_epoch_totals()
         self.save_last()
         if self.ctx.is_main and self.run_dir is not None:
