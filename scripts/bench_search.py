@@ -17,12 +17,19 @@ child trained alone on the same batch, and their peak memory against the largest
 Targets (ProxylessNAS): binarized weight step ≤ 1.3× the child's train step, memory ≤ 1.5× the
 largest child's; FBNet/DARTS keep every path resident and are reported as measured.
 
-    python scripts/bench_search.py [--space proxylessnas] [--archs 20] [--threads 2] [--gradient]
+Second-order DARTS (`--darts`): on the same batches, after each weight step of
+`relaxation=softmax`, α's gradient three ways on the same state: first order, second order with
+DARTS's central-difference Hessian-vector product, and second order with the exact product by
+double backward; their times, and each one's relative distance to the exact second-order one.
+
+    python scripts/bench_search.py [--space proxylessnas] [--archs 20] [--threads 2]
+                                   [--gradient | --darts]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import resource
@@ -256,6 +263,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--worker", choices=("search", "alone", *GRADIENT_KINDS))
     parser.add_argument("--gradient", action="store_true", help="the gradient strategies' rows")
+    parser.add_argument("--darts", action="store_true", help="second-order DARTS's α gradient")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:
@@ -265,6 +273,9 @@ def main() -> None:
     console = Console()
     if args.gradient:
         gradient_table(args, console)
+        return
+    if args.darts:
+        darts_table(args, console)
         return
     pairs = time_steps(args.space, args.archs, args.batch)
     search_ms = statistics.median(s for s, _ in pairs) * 1e3
@@ -317,6 +328,50 @@ def gradient_table(args: argparse.Namespace, console: Console) -> None:
         f"largest child trained alone: {alone_mem:.0f} MiB · targets (proxyless): weight step ≤ "
         "1.3× the child's train step, memory ≤ 1.5× the largest child's"
     )
+    console.print(machine_line())
+
+
+#: the rows of `--darts`: (order, Hessian-vector product)
+DARTS_KINDS = {
+    "first order": (1, "finite_difference"),
+    "second order, central difference (DARTS)": (2, "finite_difference"),
+    "second order, exact (double backward)": (2, "autograd"),
+}
+
+
+def darts_table(args: argparse.Namespace, console: Console) -> None:
+    search = make_gradient(args.space, args.batch, "softmax")
+    times = {kind: [] for kind in DARTS_KINDS}
+    distance = {kind: [] for kind in DARTS_KINDS}
+    base = search.settings
+    for t in range(args.archs + 2):
+        search.update_weights(t)  # the weights move (and gain momentum) between α gradients
+        grads = {}
+        for kind, (order, hessian) in DARTS_KINDS.items():
+            search.settings = dataclasses.replace(base, order=order, hessian=hessian)
+            start = time.perf_counter()
+            search.arch_gradient(t)
+            times[kind].append(time.perf_counter() - start)
+            grads[kind] = search.policy.logits.grad.detach().clone()
+        exact = grads["second order, exact (double backward)"]
+        for kind, grad in grads.items():
+            distance[kind].append(float((grad - exact).norm() / exact.norm()))
+        search.policy.logits.grad = exact
+        search.arch_optimizer.step()
+    table = Table(
+        title=f"DARTS's α gradient · {args.space} · batch {args.batch} · 32×32 digits · "
+        f"{args.archs} steps · {args.threads} threads",
+        title_justify="left",
+    )
+    for column in ("", "median ms", "× first order", "‖g − exact‖ / ‖exact‖ (median, max)"):
+        table.add_column(column, justify="right")
+    first = statistics.median(times["first order"][2:])
+    for kind in DARTS_KINDS:
+        ms = statistics.median(times[kind][2:])
+        gap = distance[kind][2:]
+        table.add_row(kind, f"{ms * 1e3:.0f}", f"{ms / first:.2f}",
+                      f"{statistics.median(gap):.3f}, {max(gap):.3f}")  # fmt: skip
+    console.print(table)
     console.print(machine_line())
 
 

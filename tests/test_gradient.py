@@ -18,7 +18,13 @@ from nascli.cost.models import AnalyticCost, Pixel1Cost
 from nascli.data import load_data
 from nascli.errors import NascliError
 from nascli.nn.supernet import Sample, Supernet
-from nascli.search.gradient import GradientSearch, GradientSettings, cost_loss
+from nascli.search.gradient import (
+    GradientSearch,
+    GradientSettings,
+    autograd_product,
+    central_difference,
+    cost_loss,
+)
 from nascli.space.network import NetworkSettings
 from nascli.space.spaces import SPACES
 from nascli.train.distributed import Context, context
@@ -253,3 +259,76 @@ def test_torchrun_ranks_share_each_sampled_child_and_end_identical(tmp_path):
     # Until α first moves the children come from the same keyed draws in both runs.
     warm = ddp["arch_loss"].isna().cumprod().astype(bool)
     assert warm.sum() >= 2 and ddp["cost"][warm].tolist() == single["cost"][warm].tolist()
+
+
+def test_second_order_darts_matches_the_exact_unrolled_gradient():
+    # ∇α L_val(w − ξ∇w L_train(w, α), α) by double backward through the unrolled step, against
+    # the strategy's α gradient with its Hessian-vector product by autograd (no momentum yet,
+    # no weight decay: w' is exactly one SGD step).
+    from torch.func import functional_call
+
+    xi = 0.5
+    s = make_search(relaxation="softmax", order=2, unrolled_lr=xi, hessian="autograd")
+    s.weight_decay = 0.0
+    alpha = s.policy.logits
+    with torch.no_grad():
+        alpha.add_(torch.randn(alpha.shape, generator=torch.Generator().manual_seed(1)).double())
+    train_images, train_labels = s.train_batches.get(0)
+    images, labels = s.valid_batches.get(0)
+    indices = s.sample_indices(0, 13)
+    names, params = zip(*s.net.named_parameters(), strict=True)
+    sample = s.relaxed_sample(indices, s.relaxed_weights(0, grad=True))
+    ce = torch.nn.functional.cross_entropy(s.net(train_images, sample), train_labels)
+    grads = torch.autograd.grad(ce, params, create_graph=True, allow_unused=True)
+
+    def search_loss(weights):
+        relaxed = s.relaxed_weights(0, grad=True)
+        logits = functional_call(s.net, weights, (images, s.relaxed_sample(indices, relaxed)))
+        ce = torch.nn.functional.cross_entropy(logits, labels)
+        return cost_loss(ce, s.expected_cost(relaxed), s.target, s.settings)
+
+    unrolled = {
+        n: p if g is None else p - xi * g for n, p, g in zip(names, params, grads, strict=True)
+    }
+    (exact,) = torch.autograd.grad(search_loss(unrolled), [alpha])
+    frozen = {n: w.detach() for n, w in unrolled.items()}
+    (direct,) = torch.autograd.grad(search_loss(frozen), [alpha])  # without the Hessian term
+    s.net.zero_grad(set_to_none=True)
+    s.second_order_gradient(0)
+    ours, valid = s.policy.logits.grad, s.policy.valid
+    error = (ours - exact)[valid].norm()
+    assert error < 1e-3 * (direct - exact)[valid].norm()  # the Hessian term is there and right
+    assert error < 1e-3 * exact[valid].norm()
+
+
+def test_darts_central_difference_is_the_hessian_vector_product_on_a_smooth_loss():
+    # DARTS's finite difference against double backward where the loss is smooth and float64.
+    generator = torch.Generator().manual_seed(0)
+    alpha = torch.randn(5, generator=generator, dtype=torch.float64, requires_grad=True)
+    weights = [torch.randn(3, 5, generator=generator, dtype=torch.float64),
+               torch.randn(3, generator=generator, dtype=torch.float64)]  # fmt: skip
+    direction = [torch.randn_like(w) for w in weights]
+
+    def loss(ws):
+        mix = torch.softmax(alpha, 0)
+        return (torch.tanh(ws[0] @ mix + ws[1]) ** 2).sum() + (ws[0] ** 2).sum() * alpha.sum()
+
+    exact = autograd_product(loss, alpha, weights, direction)
+    difference = central_difference(loss, alpha, weights, direction)
+    assert exact.norm() > 1e-2  # the product is not trivially zero
+    torch.testing.assert_close(difference, exact, rtol=1e-4, atol=1e-6)
+    zero = [torch.zeros_like(w) for w in weights]
+    assert central_difference(loss, alpha, weights, zero).eq(0).all()
+
+
+def test_second_order_darts_runs_end_to_end_and_binary_paths_refuse_it(run_cli, tmp_path):
+    out = tmp_path / "darts"
+    args = ["search", "strategy=fbnet_cpu", "strategy.relaxation=softmax", "strategy.order=2"]
+    result = run_cli(*args, *TINY, "train.epochs=1", f"out={out}")
+    assert result.exit_code == 0, result.output
+    log = pd.read_csv(out / "search_log.csv")
+    assert (
+        log["arch_loss"].notna().sum() >= 1 and log["arch_loss"].dropna().map(math.isfinite).all()
+    )
+    refused = run_cli("search", "strategy=proxyless", "strategy.order=2")
+    assert refused.exit_code == 2 and "relaxed mixture" in refused.output

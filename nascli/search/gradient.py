@@ -36,6 +36,7 @@ result is the argmax of α per decision (never of α + noise).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -93,10 +94,21 @@ class GradientSettings(BudgetSettings):
     tied_kernels: bool = option(False)
     zero_init_se: bool = option(False)
     zero_init_width: bool = option(False)
+    #: DARTS's α gradient: 1 (first order, ξ = 0) or 2 (the unrolled w' = w − ξ·∇w L_train and
+    #: its finite-difference Hessian term; relaxed mixtures only).
+    order: int = option(1, choices=(1, 2))
+    unrolled_lr: float | None = option(None, gt=0, le=100)  # ξ; null: the weights' current lr
+    #: order 2: the Hessian-vector product by DARTS's central difference or by double backward.
+    hessian: str = option("finite_difference", choices=("finite_difference", "autograd"))
 
     @classmethod
     def from_config(cls, cfg: Any) -> GradientSettings:
         settings = cls(**check_fields(cls, dict(cfg), "strategy"))
+        if settings.order == 2 and settings.relaxation == "binary":
+            raise NascliError(
+                "strategy.order=2 (second-order DARTS) needs a relaxed mixture: set "
+                "strategy.relaxation=softmax (DARTS) or gumbel"
+            )
         if settings.loss == "fbnet_log" and settings.relaxation == "binary":
             raise NascliError(
                 "strategy.loss=fbnet_log goes with a relaxed mixture: set strategy.relaxation="
@@ -129,6 +141,41 @@ def cost_loss(
             f"{float(expected):.4g}): use a cost in ms or MACs, or strategy.loss=mul_log"
         )
     return s.loss_alpha * ce * log_cost**s.loss_beta
+
+
+Loss = Callable[[list[torch.Tensor]], torch.Tensor]  # weights -> a scalar that depends on α
+
+
+def central_difference(
+    loss: Loss, alpha: torch.Tensor, weights: list[torch.Tensor], direction: list[torch.Tensor]
+) -> torch.Tensor:
+    """DARTS's Hessian-vector product ∇²_{α,w} L·v (Liu et al., ICLR 2019, Eq. 8, footnote 2):
+    [∇α L(w + εv) − ∇α L(w − εv)] / 2ε with ε = 0.01 / ‖v‖."""
+    norm = math.sqrt(sum(float((v.double() ** 2).sum()) for v in direction))
+    if norm == 0:
+        return torch.zeros_like(alpha)
+    epsilon = 0.01 / norm
+    sides = []
+    for sign in (1.0, -1.0):
+        moved = [w + sign * epsilon * v for w, v in zip(weights, direction, strict=True)]
+        sides.append(torch.autograd.grad(loss(moved), [alpha])[0])
+    return (sides[0] - sides[1]) / (2 * epsilon)
+
+
+def autograd_product(
+    loss: Loss, alpha: torch.Tensor, weights: list[torch.Tensor], direction: list[torch.Tensor]
+) -> torch.Tensor:
+    """The same product exactly: ∇α (∇w L · v), by double backward."""
+    leaves = [w.detach().requires_grad_(True) for w in weights]
+    grads = torch.autograd.grad(loss(leaves), leaves, create_graph=True, allow_unused=True)
+    dot = sum((g * v).sum() for g, v in zip(grads, direction, strict=True) if g is not None)
+    if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
+        return torch.zeros_like(alpha)
+    (product,) = torch.autograd.grad(dot, [alpha], allow_unused=True)
+    return torch.zeros_like(alpha) if product is None else product
+
+
+HESSIAN_PRODUCTS = {"finite_difference": central_difference, "autograd": autograd_product}
 
 
 @dataclass
@@ -336,8 +383,11 @@ class GradientSearch(SupernetSearch):
         return float(self.rank_mean(loss.detach())), indices
 
     def arch_gradient(self, t: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """α's gradient from valid batch t (nothing from a train batch). Returns the loss,
-        the expected cost and the batch's top-1 through the supernet."""
+        """α's gradient from valid batch t (nothing from a train batch, except through the
+        unrolled weights of `order=2`). Returns the loss, the expected cost and the batch's
+        top-1 through the supernet."""
+        if self.settings.order == 2:
+            return self.second_order_gradient(t)
         images, labels = self.valid_batches.get(t)
         probs = self.probabilities()
         indices = self.sample_indices(t, 13)
@@ -375,6 +425,78 @@ class GradientSearch(SupernetSearch):
         grad.masked_fill_(~self.policy.valid, 0.0)
         quality = float(self.rank_mean((logits.argmax(1) == labels).float().mean()))
         self._pairs = pairs
+        return self.rank_mean(loss.detach()), expected.detach(), quality
+
+    def second_order_gradient(self, t: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """DARTS's second-order α gradient (Liu et al., ICLR 2019, Eq. 7-8 and Alg. 1):
+        ∇α L_val(w', α) − ξ·∇²_{α,w} L_train(w, α)·∇w' L_val(w', α), with the unrolled
+        weights w' = w − ξ·(μ·m + ∇w L_train(w, α) + wd·w) (m: the weight optimiser's momentum
+        buffer, as in the DARTS code's unrolled step; wd on the kernels the forward used). The
+        Hessian-vector product is DARTS's central difference (`hessian=finite_difference`) or
+        exact by double backward (`hessian=autograd`). ξ is `unrolled_lr`, by default the
+        weights' learning rate at step t (footnote 1). L_train is train batch t's
+        cross-entropy, L_val the search loss on valid batch t."""
+        from torch.func import functional_call
+
+        train_images, train_labels = self.train_batches.get(t)
+        images, labels = self.valid_batches.get(t)
+        indices = self.sample_indices(t, 13)
+        xi = self.settings.unrolled_lr or self.learning_rate(t)
+        names = [name for name, _ in self.net.named_parameters()]
+        params = [p for _, p in self.net.named_parameters()]
+        alpha = self.policy.logits
+        self.net.train()
+        smoothing = self.train_cfg.label_smoothing
+
+        def train_loss(weights: list[torch.Tensor]) -> torch.Tensor:
+            """L_train at `weights` under α's relaxed mixture (differentiable in α)."""
+            relaxed = self.relaxed_sample(indices, self.relaxed_weights(t, grad=True))
+            moved = dict(zip(names, weights, strict=True))
+            logits = functional_call(self.net, moved, (train_images, relaxed))
+            return F.cross_entropy(logits, train_labels, label_smoothing=smoothing)
+
+        # w': one step of the weights' optimiser on the train loss, α held fixed.
+        fixed = self.relaxed_sample(indices, self.relaxed_weights(t, grad=False))
+        logits = self.net(train_images, fixed)
+        loss = F.cross_entropy(logits, train_labels, label_smoothing=smoothing)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        steps = {
+            id(p): (g if g is not None else torch.zeros_like(p))
+            for p, g in zip(params, grads, strict=True)
+        }
+        if self.weight_decay:
+            for weight, index in self.net.active_decay():
+                steps[id(weight)][index] += self.weight_decay * weight[index].detach()
+        momentum = self.optimizer.param_groups[0].get("momentum", 0.0)
+        unrolled = {}
+        for name, p in zip(names, params, strict=True):
+            step = steps[id(p)]
+            buffer = self.optimizer.state.get(p, {}).get("momentum_buffer")
+            if buffer is not None:
+                step = step + momentum * buffer
+            unrolled[name] = (p.detach() - xi * step).requires_grad_(True)
+        # ∇α and ∇w' of the search loss at w'.
+        weights = self.relaxed_weights(t, grad=True)
+        logits = functional_call(
+            self.net, unrolled, (images, self.relaxed_sample(indices, weights))
+        )
+        ce = F.cross_entropy(logits, labels)
+        expected = self.expected_cost(weights)
+        loss = cost_loss(ce, expected, self.target, self.settings)
+        found = torch.autograd.grad(loss, [alpha, *unrolled.values()], allow_unused=True)
+        d_w = [
+            g if g is not None else torch.zeros_like(w)
+            for g, w in zip(found[1:], params, strict=True)
+        ]
+        product = HESSIAN_PRODUCTS[self.settings.hessian]
+        hessian = product(train_loss, alpha, [p.detach() for p in params], d_w)
+        grad = (found[0] - xi * hessian) / self.ctx.world
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        alpha.grad = self.ctx.all_reduce(grad.detach().clone())
+        alpha.grad.masked_fill_(~self.policy.valid, 0.0)
+        quality = float(self.rank_mean((logits.argmax(1) == labels).float().mean()))
+        self._pairs = None
         return self.rank_mean(loss.detach()), expected.detach(), quality
 
     def rank_mean(self, value: torch.Tensor) -> torch.Tensor:
