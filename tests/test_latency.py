@@ -178,13 +178,18 @@ def test_the_drift_probe_undoes_a_slow_spell_of_the_machine():
     assert unprobed[order[700]] == pytest.approx(true[order[700]])
 
 
-def test_corrections_recover_known_surfaces_and_the_simplest_that_fits_is_chosen():
-    rng = np.random.default_rng(0)
-    features = {
-        "layer_sum_ms": rng.uniform(1, 10, 20),
-        "mparams": rng.uniform(0.5, 8, 20),
-        "layers": rng.integers(10, 25, 20).astype(float),
+def network_features_like(seed: int, smallest_sum: float, count: int) -> dict[str, np.ndarray]:
+    """Random calibration features: layer sums from `smallest_sum` to 10 ms."""
+    rng = np.random.default_rng(seed)
+    return {
+        "layer_sum_ms": rng.uniform(smallest_sum, 10, count),
+        "mparams": rng.uniform(0.5, 8, count),
+        "layers": rng.integers(10, 25, count).astype(float),
     }
+
+
+def test_corrections_recover_known_surfaces_and_the_simplest_that_fits_is_chosen():
+    features = network_features_like(0, 1, 20)
     sums, mparams, layers = features.values()
     in_context = 1.2 * sums + 0.3 * mparams + 0.04 * layers + 0.5
     fits = fit_corrections(features, in_context)
@@ -214,12 +219,7 @@ def test_corrections_recover_known_surfaces_and_the_simplest_that_fits_is_chosen
 def test_a_correction_that_predicts_a_negative_latency_anywhere_checked_is_not_chosen():
     # Five noisy timings can make the best leave-one-out fit a steep line whose offset drives
     # the space's smallest network below zero; such a fit is never the table's correction.
-    rng = np.random.default_rng(1)
-    features = {
-        "layer_sum_ms": rng.uniform(5, 10, 12),
-        "mparams": rng.uniform(0.5, 8, 12),
-        "layers": rng.integers(10, 25, 12).astype(float),
-    }
+    features = network_features_like(1, 5, 12)
     sums, mparams, layers = features.values()
     steep = 1.2 * sums + 0.3 * mparams + 0.04 * layers - 3.0
     small = {

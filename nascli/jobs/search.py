@@ -12,6 +12,7 @@ optimisers, policy, baseline, RNG and step: rerunning with `out=` resumes exactl
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from nascli.search.gradient import GradientSearch, GradientSettings
 from nascli.search.health import accuracy_signal
 from nascli.search.registry import STRATEGIES, resolve
 from nascli.search.tunas import (
+    SupernetSearch,
     TunasSearch,
     TunasSettings,
     check_search_recipe,
@@ -125,6 +127,26 @@ def run_tunas(cfg: DictConfig) -> None:
         f"{net_settings.resolution}px · {search.total_steps} steps of "
         f"{cfg.train.batch_size} images · {ctx.world} × {ctx.device}"
     )
+
+    def policy() -> list[torch.Tensor]:
+        return [t.float() for t in search.policy.tensors()]
+
+    drive_supernet(cfg, ctx, search, out, console, header, target, started, policy)
+
+
+def drive_supernet(
+    cfg: DictConfig,
+    ctx: Context,
+    search: SupernetSearch,
+    out: Path,
+    console: RunConsole,
+    header: str,
+    target: float | None,
+    started: float,
+    policy: Callable[[], list[torch.Tensor]],
+) -> None:
+    """A weight-sharing search driven to its end on every rank, the ranks' supernet and
+    `policy()` (the architecture distribution's tensors) checked equal, and the run finished."""
     rows, seconds = drive(
         search,
         out,
@@ -135,9 +157,7 @@ def run_tunas(cfg: DictConfig) -> None:
         agreed_stop=lambda signum: int(ctx.all_reduce(torch.tensor([signum]), op="max")[0]),
         tensorboard=cfg.tensorboard,
     )
-    replicas = check_replicas(
-        ctx, [*search.net.state_dict().values(), *(t.float() for t in search.policy.tensors())]
-    )
+    replicas = check_replicas(ctx, [*search.net.state_dict().values(), *policy()])
     finish(cfg, search, rows, out, console, target, seconds, started, replicas)
 
 
@@ -164,20 +184,11 @@ def run_gradient(cfg: DictConfig) -> None:
         f"{net_settings.resolution}px · {search.total_steps} steps of "
         f"{cfg.train.batch_size} images · {ctx.world} × {ctx.device}"
     )
-    rows, seconds = drive(
-        search,
-        out,
-        fingerprint(cfg, ctx.world),
-        console,
-        header,
-        writer=ctx.is_main,
-        agreed_stop=lambda signum: int(ctx.all_reduce(torch.tensor([signum]), op="max")[0]),
-        tensorboard=cfg.tensorboard,
-    )
-    replicas = check_replicas(
-        ctx, [*search.net.state_dict().values(), search.policy.logits.detach()]
-    )
-    finish(cfg, search, rows, out, console, target, seconds, started, replicas)
+
+    def policy() -> list[torch.Tensor]:
+        return [search.policy.logits.detach()]
+
+    drive_supernet(cfg, ctx, search, out, console, header, target, started, policy)
 
 
 def finish(
