@@ -76,6 +76,12 @@ VARIANTS = {
     "same_start,lr*3": [*SAME, "train.lr_per_256=0.3"],
     "same_start,no_momentum": [*SAME, "train.momentum=0", "train.nesterov=false"],
     "same_start+width": [*SAME[:3], "strategy.zero_init_width=true"],
+    "same_start+width,lr*3": [*SAME[:3], "strategy.zero_init_width=true", "train.lr_per_256=0.3"],
+    "same_start+width,1arch": [
+        *SAME[:3],
+        "strategy.zero_init_width=true",
+        "strategy.archs_per_rank=1",
+    ],
     "tunas,no_warmup": [
         *TUNAS,
         "strategy.op_warmup_fraction=0",

@@ -239,7 +239,7 @@ def test_ranks_sum_their_slices_gradients_into_the_global_batch_mean():
 @pytest.mark.slow
 def test_torchrun_ranks_share_each_sampled_child_and_end_identical(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["search", "strategy=proxyless", *TINY, "train.epochs=2"]
+    common = ["search", "strategy=proxyless", *TINY]  # 11 steps: 3 warm, α steps at 5 and 10
     runs = {
         "ddp": [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node=2", "-m", "nascli", *common],
@@ -324,7 +324,7 @@ def test_darts_central_difference_is_the_hessian_vector_product_on_a_smooth_loss
 def test_second_order_darts_runs_end_to_end_and_binary_paths_refuse_it(run_cli, tmp_path):
     out = tmp_path / "darts"
     args = ["search", "strategy=fbnet_cpu", "strategy.relaxation=softmax", "strategy.order=2"]
-    result = run_cli(*args, *TINY, "train.epochs=1", f"out={out}")
+    result = run_cli(*args, *TINY, "strategy.arch_update_every=4", f"out={out}")
     assert result.exit_code == 0, result.output
     log = pd.read_csv(out / "search_log.csv")
     assert (
