@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, cached_property
 from importlib import resources
@@ -26,7 +26,7 @@ import torch
 
 from nascli.cost.compiled import CompiledCost, Term
 from nascli.errors import NascliError
-from nascli.space.schema import Block, OneOf, Residual
+from nascli.space.schema import Block, Placed, Residual
 from nascli.space.spaces import SearchSpace
 
 # A function of the (B, D) indices tensor giving each architecture's hot position in a piece.
@@ -44,12 +44,11 @@ def _constant(indices: torch.Tensor) -> torch.Tensor:
     return torch.zeros(len(indices), dtype=torch.long, device=indices.device)
 
 
-def op_features(node: Any, positions: Iterator[int]) -> OpFeatures:
-    """Length and hot position of a layer entry's op features, consuming decision positions in
-    the order of the indices (children before their choice node)."""
-    if isinstance(node, OneOf):
-        options = [op_features(choice, positions) for choice in node.choices]
-        position = next(positions)
+def op_features(node: Any) -> OpFeatures:
+    """Length and hot position of a placed layer entry's op features (`SearchSpace.placed`)."""
+    if isinstance(node, Placed):
+        options = [op_features(choice) for choice in node.choices]
+        position = node.position
         starts = np.cumsum([0] + [o.length for o in options])[:-1].tolist()
 
         def hot(indices: torch.Tensor) -> torch.Tensor:
@@ -59,9 +58,9 @@ def op_features(node: Any, positions: Iterator[int]) -> OpFeatures:
         used = tuple(sorted({p for o in options for p in o.positions} | {position}))
         return OpFeatures(sum(o.length for o in options), hot, used)
     if isinstance(node, Residual):
-        return op_features(node.layer, positions)
+        return op_features(node.layer)
     if dataclasses.is_dataclass(node):
-        fields = [op_features(getattr(node, f.name), positions) for f in dataclasses.fields(node)]
+        fields = [op_features(getattr(node, f.name)) for f in dataclasses.fields(node)]
         fields = [f for f in fields if f.length > 1]  # constant fields multiply by [1]
         if not fields:
             return OpFeatures(1, _constant)
@@ -92,16 +91,13 @@ class Piece:
 
 def feature_pieces(space: SearchSpace) -> tuple[list[Piece], int]:
     """The pieces of `space`'s feature vector in walk order, and the feature dimension."""
-    positions = iter(range(space.num_decisions))
     pieces: list[Piece] = []
     offset = 0
     previous: tuple[int, int] | None = None  # (position, number of choices) of the last width
-    for block in space.blocks:
-        assert isinstance(block, Block)
-        ops = [op_features(layer, positions) for layer in block.layers]
-        width = block.filters if isinstance(block.filters, OneOf) else OneOf((block.filters,), "")
-        width_position = next(positions)
-        n_out = len(width.choices)
+    for block in space.placed[0]:
+        assert isinstance(block, Block) and isinstance(block.filters, Placed)
+        ops = [op_features(layer) for layer in block.layers]
+        width_position, n_out = block.filters.position, len(block.filters.choices)
         for i, op in enumerate(ops):
             incoming = previous if i == 0 else (width_position, n_out)
             n_in = incoming[1] if incoming else 1
@@ -120,8 +116,6 @@ def feature_pieces(space: SearchSpace) -> tuple[list[Piece], int]:
                 )
                 offset += size
             previous = (width_position, n_out)
-    if next(positions, None) is not None:
-        raise AssertionError(f"{space.name}: the feature walk did not consume every decision")
     return pieces, offset
 
 

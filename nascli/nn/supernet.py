@@ -53,7 +53,7 @@ from nascli.space.schema import (
     Endpoint,
     GlobalAvgPool,
     InvertedBottleneck,
-    OneOf,
+    Placed,
     Residual,
     SepConv,
     Zero,
@@ -103,12 +103,13 @@ class Sample:
 
 
 class Choice:
-    """A decision position and its options; an int field is a one-option choice."""
+    """A decision position and its options (from a `Placed` node of the space's walk); a plain
+    field is a one-option choice."""
 
-    def __init__(self, node, positions: Iterator[int] | None):
-        if isinstance(node, OneOf):
+    def __init__(self, node):
+        if isinstance(node, Placed):
             self.options = tuple(node.choices)
-            self.position: int | None = next(positions)
+            self.position: int | None = node.position
         else:
             self.options, self.position = (node,), None
 
@@ -276,9 +277,9 @@ class Layer(nn.Module):
 class SuperStemConv(Layer):
     """Conv (kernel may be searched: one conv + BN per kernel), optional BN, activation."""
 
-    def __init__(self, spec: Conv, positions, c_in, c_out, stride, resolution):
+    def __init__(self, spec: Conv, c_in, c_out, stride, resolution):
         super().__init__()
-        self.kernel = Choice(spec.kernel, positions)
+        self.kernel = Choice(spec.kernel)
         self.convs = KernelSwitch(self.kernel, c_in, c_out, stride, resolution, False, spec.bn)
         self.act: str | None = None  # set by a following Activation entry
 
@@ -287,9 +288,9 @@ class SuperStemConv(Layer):
 
 
 class SuperSepConv(Layer):
-    def __init__(self, spec: SepConv, positions, c_in, c_out, stride, resolution):
+    def __init__(self, spec: SepConv, c_in, c_out, stride, resolution):
         super().__init__()
-        self.kernel = Choice(spec.kernel, positions)
+        self.kernel = Choice(spec.kernel)
         self.depthwise = KernelSwitch(self.kernel, c_in, c_in, stride, resolution, True)
         out_resolution = math.ceil(resolution / stride)
         self.pointwise = ConvBN(c_in, c_out, 1, 1, out_resolution)
@@ -301,11 +302,11 @@ class SuperSepConv(Layer):
 
 
 class SuperIBN(Layer):
-    def __init__(self, spec: InvertedBottleneck, positions, c_in, c_out, stride, resolution):
+    def __init__(self, spec: InvertedBottleneck, c_in, c_out, stride, resolution):
         super().__init__()
-        self.kernel = Choice(spec.kernel, positions)
-        self.expansion = Choice(spec.expansion, positions)
-        self.se = Choice(spec.se, positions)
+        self.kernel = Choice(spec.kernel)
+        self.expansion = Choice(spec.expansion)
+        self.se = Choice(spec.se)
         mid = scale_filters(c_in, max(self.expansion.options))
         self.expand = ConvBN(c_in, mid, 1, 1, resolution)
         self.depthwise = KernelSwitch(self.kernel, mid, mid, stride, resolution, True)
@@ -406,11 +407,10 @@ class SuperBlock(nn.Module):
 
 
 class _Builder:
-    """Walks the space in indices order, creating super layers with max-size weights."""
+    """Walks the space's placed blocks, creating super layers with max-size weights."""
 
     def __init__(self, space: SearchSpace, settings: NetworkSettings):
         self.settings = settings
-        self.positions = iter(range(space.num_decisions))
         self.drop = strides_to_drop(space, settings)
         self.channels = settings.in_channels  # the largest width the next layer can receive
         self.min_channels = settings.in_channels  # and the smallest
@@ -424,9 +424,8 @@ class _Builder:
         return stride
 
     def block(self, block: Block) -> SuperBlock:
-        # The block's widths are known only after its layers' positions (filters come last), but
-        # weights need the largest width first: read it from the node itself.
-        filters = block.filters.choices if isinstance(block.filters, OneOf) else (block.filters,)
+        # Weights need the block's largest width before its layers are built.
+        filters = block.filters.choices if isinstance(block.filters, Placed) else (block.filters,)
         max_width = max(block_width(f, self.settings) for f in filters)
         self.min_width = min(block_width(f, self.settings) for f in filters)
         layers: list[Layer] = []
@@ -436,17 +435,17 @@ class _Builder:
                 layers[-1].act = entry.name
             elif layer is not None:
                 layers.append(layer)
-        width = Choice(block.filters, self.positions)
+        width = Choice(block.filters)
         return SuperBlock(block.name, layers, width, self.settings)
 
     def layer(self, entry, max_width: int, residual: bool = False) -> Layer | None:
         if isinstance(entry, Residual):
             return self.layer(entry.layer, max_width, residual=True)
-        if isinstance(entry, OneOf):
+        if isinstance(entry, Placed):
             layers = [
                 None if isinstance(c, Zero) else self.layer(c, max_width) for c in entry.choices
             ]
-            return OpChoice(layers, Choice(entry, self.positions), residual)
+            return OpChoice(layers, Choice(entry), residual)
         if isinstance(entry, (Activation, Endpoint)):
             return None
         if isinstance(entry, GlobalAvgPool):
@@ -454,9 +453,7 @@ class _Builder:
             return SuperGAP()
         kinds = {Conv: SuperStemConv, SepConv: SuperSepConv, InvertedBottleneck: SuperIBN}
         stride = self.stride(entry.stride)
-        layer = kinds[type(entry)](
-            entry, self.positions, self.channels, max_width, stride, self.resolution
-        )
+        layer = kinds[type(entry)](entry, self.channels, max_width, stride, self.resolution)
         layer.min_in, layer.min_out = self.min_channels, self.min_width
         self.channels, self.resolution = max_width, math.ceil(self.resolution / stride)
         self.min_channels = self.min_width
@@ -472,9 +469,7 @@ class Supernet(nn.Module):
         super().__init__()
         self.space, self.settings = space, settings
         builder = _Builder(space, settings)
-        self.blocks = nn.ModuleList(builder.block(block) for block in space.blocks)
-        if next(builder.positions, None) is not None:
-            raise AssertionError(f"{space.name}: the supernet did not consume every decision")
+        self.blocks = nn.ModuleList(builder.block(block) for block in space.placed[0])
         self.classifier = nn.Linear(builder.channels, settings.num_classes)
         self.dropout = settings.dropout
         self.trace = Trace()

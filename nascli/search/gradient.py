@@ -99,7 +99,7 @@ class GradientSettings(BudgetSettings):
     order: int = option(1, choices=(1, 2))
     unrolled_lr: float | None = option(None, gt=0, le=100)  # ξ; null: the weights' current lr
     #: order 2: the Hessian-vector product by DARTS's central difference or by double backward.
-    hessian: str = option("finite_difference", choices=("finite_difference", "autograd"))
+    hessian: str = option("autograd", choices=("finite_difference", "autograd"))
 
     @classmethod
     def from_config(cls, cfg: Any) -> GradientSettings:

@@ -18,41 +18,14 @@ from typing import Any
 import torch
 
 from nascli.settings import check_fields, option
-from nascli.space.schema import FILTERS, INPUT, OP, Block, OneOf, Residual
+from nascli.space.schema import FILTERS, INPUT, OP
 from nascli.space.spaces import SearchSpace
 
 
 def ancestors(space: SearchSpace) -> list[list[tuple[int, int]]]:
     """For every decision, the (position, option) pairs of the choice nodes enclosing it: the
     decision is active only if each of those nodes selects that option."""
-    found: list[list[tuple[int, int]]] = []
-
-    def walk(node: Any) -> list[int]:
-        """Visit `node` in indices order; returns the positions it contains."""
-        if isinstance(node, OneOf):
-            inside: list[tuple[int, list[int]]] = []
-            for option, choice in enumerate(node.choices):
-                inside.append((option, walk(choice)))
-            position = len(found)
-            found.append([])
-            for option, positions in inside:
-                for p in positions:
-                    found[p].append((position, option))
-            return [p for _, ps in inside for p in ps] + [position]
-        if isinstance(node, Block):
-            return [p for layer in node.layers for p in walk(layer)] + walk(node.filters)
-        if isinstance(node, Residual):
-            return walk(node.layer)
-        if isinstance(node, tuple):
-            return [p for item in node for p in walk(item)]
-        if hasattr(node, "__dataclass_fields__"):
-            return [p for name in node.__dataclass_fields__ for p in walk(getattr(node, name))]
-        return []
-
-    walk(space.blocks)
-    if len(found) != space.num_decisions:
-        raise AssertionError(f"{space.name}: the hierarchy walk found {len(found)} decisions")
-    return found
+    return [list(placed.enclosing) for placed in space.placed[1]]
 
 
 CONTROLLERS = ("categorical", "lstm")

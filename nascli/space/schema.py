@@ -8,8 +8,10 @@ order, defines the decision list and therefore the `indices` encoding:
 * a block's `filters` node comes after the block's layers,
 * single-choice nodes are decisions too (they always take index 0).
 
-Everything else (sampling, validation, decoding to concrete layers, the policy's shape, cost
-features) derives from `decisions()` and `resolve()` below.
+`place()` below is that traversal: it returns the tree with every choice node replaced by a
+`Placed` (position, path, enclosing choices) and the list of them. Everything else (the
+decision list, sampling, the policy's hierarchy, the supernet, the Pixel-1 features) reads it;
+`resolve()` decodes indices in the same order.
 """
 
 from __future__ import annotations
@@ -147,33 +149,86 @@ class Decision:
         return len(self.choices)
 
 
-def _children(node: Any, path: str) -> Iterator[tuple[Any, str]]:
-    """The sub-nodes of `node` in traversal order, with their readable paths."""
-    if isinstance(node, Block):
-        for i, layer in enumerate(node.layers):
-            yield layer, f"{node.name}.{i}"
-        yield node.filters, f"{node.name}.filters"
-    elif isinstance(node, Residual):
-        yield node.layer, path
-    elif dataclasses.is_dataclass(node):
-        for field in dataclasses.fields(node):
-            yield getattr(node, field.name), f"{path}.{field.name}"
-    elif isinstance(node, tuple):
-        for i, item in enumerate(node):
-            yield item, f"{path}.{i}"
+@dataclass(frozen=True)
+class Placed:
+    """A choice node at its place in the indices string, as `place` leaves it in the tree: its
+    position, readable path and tag, its choices (their own choice nodes placed too), the
+    (position, option) of every choice node that encloses it (innermost first: it counts only
+    when each of those selects that option), and the `OneOf` it stands for."""
+
+    position: int
+    path: str
+    tag: str
+    choices: tuple
+    enclosing: tuple[tuple[int, int], ...]
+    node: OneOf
+
+
+def _size(node: Any) -> int:
+    """How many choice nodes `node` holds (itself included)."""
+    if isinstance(node, OneOf):
+        return 1 + sum(_size(choice) for choice in node.choices)
+    if isinstance(node, tuple):
+        return sum(_size(item) for item in node)
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        return sum(_size(getattr(node, f.name)) for f in dataclasses.fields(node))
+    return 0
+
+
+def place(node: Any, path: str = "") -> tuple[Any, list[Placed]]:
+    """The one traversal of a space's tree, in indices order: `node` with every `OneOf`
+    replaced by its `Placed`, and the `Placed` nodes by position. The decision list, the
+    policy's hierarchy, the supernet builder and the Pixel-1 features all read it."""
+    found: list[Placed] = []
+
+    def visit(node: Any, path: str, enclosing: tuple[tuple[int, int], ...], start: int):
+        """`node` placed from position `start` on, and the next free position."""
+        if isinstance(node, OneOf):
+            position = start + sum(_size(choice) for choice in node.choices)  # children first
+            choices, next_free = [], start
+            for option, choice in enumerate(node.choices):
+                placed, next_free = visit(choice, path, ((position, option), *enclosing), next_free)
+                choices.append(placed)
+            # A layer-level choice (layer vs Zero) is named `<block>.<i>.op`.
+            is_layer_choice = not any(isinstance(c, (int, float, bool, str)) for c in node.choices)
+            name = f"{path}.op" if is_layer_choice else path
+            placed = Placed(position, name, node.tag, tuple(choices), enclosing, node)
+            found.append(placed)
+            return placed, position + 1
+        if isinstance(node, Block):
+            layers = []
+            for i, layer in enumerate(node.layers):
+                placed, start = visit(layer, f"{node.name}.{i}", enclosing, start)
+                layers.append(placed)
+            filters, start = visit(node.filters, f"{node.name}.filters", enclosing, start)
+            return Block(node.name, tuple(layers), filters), start
+        if isinstance(node, Residual):
+            layer, start = visit(node.layer, path, enclosing, start)
+            return Residual(layer), start
+        if isinstance(node, tuple):
+            items = []
+            for i, item in enumerate(node):
+                placed, start = visit(item, f"{path}.{i}", enclosing, start)
+                items.append(placed)
+            return tuple(items), start
+        if dataclasses.is_dataclass(node) and not isinstance(node, type):
+            changes = {}
+            for field in dataclasses.fields(node):
+                value = getattr(node, field.name)
+                placed, start = visit(value, f"{path}.{field.name}", enclosing, start)
+                if placed is not value:
+                    changes[field.name] = placed
+            return (dataclasses.replace(node, **changes) if changes else node), start
+        return node, start
+
+    placed, _ = visit(node, path, (), 0)
+    return placed, found
 
 
 def iter_decisions(node: Any, path: str = "") -> Iterator[tuple[str, OneOf]]:
-    """Yield `(path, OneOf)` for every choice node, children before parents."""
-    if isinstance(node, OneOf):
-        for choice in node.choices:
-            yield from iter_decisions(choice, path)
-        # A layer-level choice (layer vs Zero) is named `<block>.<i>.op`.
-        is_layer_choice = not any(isinstance(c, (int, float, bool, str)) for c in node.choices)
-        yield (f"{path}.op" if is_layer_choice else path), node
-        return
-    for child, child_path in _children(node, path):
-        yield from iter_decisions(child, child_path)
+    """Yield `(path, OneOf)` for every choice node, children before parents (`place`)."""
+    for placed in place(node, path)[1]:
+        yield placed.path, placed.node
 
 
 def resolve(node: Any, indices: Iterator[int]) -> Any:

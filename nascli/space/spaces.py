@@ -26,10 +26,11 @@ from nascli.space.schema import (
     GraphOutput,
     InvertedBottleneck,
     OneOf,
+    Placed,
     Residual,
     SepConv,
     Zero,
-    iter_decisions,
+    place,
     resolve,
 )
 
@@ -62,12 +63,15 @@ class SearchSpace:
     blocks: tuple[Block, ...]
 
     @cached_property
+    def placed(self) -> tuple[tuple[Block, ...], tuple[Placed, ...]]:
+        """The blocks with every choice node `Placed`, and the placed nodes by position: the
+        one walk of the space (`nascli.space.schema.place`)."""
+        blocks, found = place(self.blocks)
+        return blocks, tuple(found)
+
+    @cached_property
     def decisions(self) -> tuple[Decision, ...]:
-        found = [
-            Decision(position, path, node.tag, node.choices)
-            for position, (path, node) in enumerate(iter_decisions(self.blocks))
-        ]
-        return tuple(found)
+        return tuple(Decision(p.position, p.path, p.tag, p.node.choices) for p in self.placed[1])
 
     @cached_property
     def downsampling_strides(self) -> tuple[int, ...]:
