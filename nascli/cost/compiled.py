@@ -33,7 +33,7 @@ from nascli.space.network import (
     block_width,
     strides_to_drop,
 )
-from nascli.space.schema import Activation, Block, iter_decisions, resolve
+from nascli.space.schema import Activation, Block, count_decisions, resolve
 from nascli.space.spaces import SearchSpace
 
 #: What a compiled cost stores per combination: a number from the layers an entry group emits.
@@ -70,7 +70,7 @@ def entry_groups(space: SearchSpace, settings: NetworkSettings) -> tuple[list[Gr
     incoming: int | None = None
     tracker = _Decoder(settings, strides_to_drop(space, settings))
     for block in space.blocks:
-        counts = [sum(1 for _ in iter_decisions(entry)) for entry in block.layers]
+        counts = [count_decisions(entry) for entry in block.layers]
         starts = [position + sum(counts[:i]) for i in range(len(counts))]
         width = position + sum(counts)
         i = 0

@@ -29,14 +29,10 @@ from nascli.space.schema import (
     Residual,
     SepConv,
     Zero,
-    iter_decisions,
+    count_decisions,
 )
 
 SEPARATOR = "@depth"
-
-
-def _count(node: Any) -> int:
-    return sum(1 for _ in iter_decisions(node))
 
 
 REPEATABLE = (InvertedBottleneck, SepConv)
@@ -97,10 +93,10 @@ def _entries(blocks: tuple[Block, ...]) -> list[tuple[list[_Entry], int]]:
     for block in blocks:
         entries = []
         for entry in block.layers:
-            size = _count(entry)
+            size = count_decisions(entry)
             entries.append(_Entry(position, size, _core(entry), _is_skippable(entry)))
             position += size
-        width_size = _count(block.filters)
+        width_size = count_decisions(block.filters)
         found.append((entries, position))
         position += width_size
     return found
@@ -181,9 +177,9 @@ def deepen_indices(
 def _core_values(entry: _Entry, values: list[int]) -> list[int]:
     """The decisions of an entry's repeatable layer (its kernel, expansion, SE), without the
     layer-or-Zero choice and the single-choice node around a fixed layer."""
-    size = _count(entry.core)
+    size = count_decisions(entry.core)
     return values[:size]
 
 
 def _width_size(block: Block) -> int:
-    return _count(block.filters)
+    return count_decisions(block.filters)

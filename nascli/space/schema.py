@@ -164,14 +164,14 @@ class Placed:
     node: OneOf
 
 
-def _size(node: Any) -> int:
-    """How many choice nodes `node` holds (itself included)."""
+def count_decisions(node: Any) -> int:
+    """How many choice nodes (decisions) `node` holds, itself included."""
     if isinstance(node, OneOf):
-        return 1 + sum(_size(choice) for choice in node.choices)
+        return 1 + sum(count_decisions(choice) for choice in node.choices)
     if isinstance(node, tuple):
-        return sum(_size(item) for item in node)
+        return sum(count_decisions(item) for item in node)
     if dataclasses.is_dataclass(node) and not isinstance(node, type):
-        return sum(_size(getattr(node, f.name)) for f in dataclasses.fields(node))
+        return sum(count_decisions(getattr(node, f.name)) for f in dataclasses.fields(node))
     return 0
 
 
@@ -184,7 +184,9 @@ def place(node: Any, path: str = "") -> tuple[Any, list[Placed]]:
     def visit(node: Any, path: str, enclosing: tuple[tuple[int, int], ...], start: int):
         """`node` placed from position `start` on, and the next free position."""
         if isinstance(node, OneOf):
-            position = start + sum(_size(choice) for choice in node.choices)  # children first
+            position = start + sum(
+                count_decisions(choice) for choice in node.choices
+            )  # children first
             choices, next_free = [], start
             for option, choice in enumerate(node.choices):
                 placed, next_free = visit(choice, path, ((position, option), *enclosing), next_free)
@@ -225,17 +227,11 @@ def place(node: Any, path: str = "") -> tuple[Any, list[Placed]]:
     return placed, found
 
 
-def iter_decisions(node: Any, path: str = "") -> Iterator[tuple[str, OneOf]]:
-    """Yield `(path, OneOf)` for every choice node, children before parents (`place`)."""
-    for placed in place(node, path)[1]:
-        yield placed.path, placed.node
-
-
 def resolve(node: Any, indices: Iterator[int]) -> Any:
     """Replace every `OneOf` under `node` by its selected choice, consuming `indices` in order.
 
     The indices of all choices' children are consumed before the node's own index (children
-    before parents), exactly as `iter_decisions` enumerates them.
+    before parents), exactly as `place` numbers them.
     """
     if isinstance(node, OneOf):
         resolved = [resolve(choice, indices) for choice in node.choices]
