@@ -6,6 +6,14 @@ third of a training step). The random baseline gets as many candidates as that b
 its recipe; the Zen-NAS evolution as many iterations (two forward passes of its batch each).
 ProxylessNAS (`strategy=proxyless_cpu`) runs its own default length, 230 weight steps as TuNAS;
 its budget is the weight steps' images plus the architecture steps' (each a training pass).
+FBNet (`strategy=fbnet_cpu`) is counted the same way; it runs `--fbnet-epochs` epochs of the
+search recipe (2 by default: 92 weight steps, since each of its steps runs every path and costs
+about 13 TuNAS steps of wall time). The grid (`strategy=grid`, ProxylessNAS-Mobile over
+MobileNet's width x resolution grid, `strategy.max_cost` at the target) joins only under a cost
+that sees width and resolution (an analytic `cost=`); its budget is its trained points at the
+random candidates' price, and its winner is retrained at its point's overrides.
+With `--tunas-budget N` and `tunas` not among `--strategies`, TuNAS's search is not run and N
+image-equivalents (its runs' value: 34,347 for the default search) set the others' budgets.
 Every winner is then retrained from scratch with one recipe (`train=cpu_quick` for
 --retrain-epochs epochs, --retrain-seeds times) and scored on the test split: its score is the
 mean over those retrainings. Per target the table gives mean ± std over seeds and Welch's
@@ -13,8 +21,8 @@ t-test of each strategy against random (two-sided). Every command resumes, so re
 script after an interruption continues where it stopped.
 
     python scripts/scorecard.py [--space proxylessnas] [--targets 84 40] [--seeds 0 1 2]
-        [--strategies tunas random zen proxyless] [--retrain-epochs 10] [--retrain-seeds 1]
-        [--out runs/scorecard]
+        [--strategies tunas random zen proxyless fbnet grid] [--retrain-epochs 10]
+        [--retrain-seeds 1] [--fbnet-epochs 2] [--tunas-budget N] [--out runs/scorecard]
         [-- extra overrides for every command, e.g. data=cifar10 data.root=~/data]
 """
 
@@ -40,7 +48,7 @@ from nascli.data import load_data
 from nascli.report.machine import machine_line
 from nascli.report.summary import read_summary
 
-STRATEGIES = ("tunas", "random", "zen", "proxyless")
+STRATEGIES = ("tunas", "random", "zen", "proxyless", "fbnet", "grid")
 
 
 def nascli(*args: str) -> None:
@@ -74,7 +82,7 @@ def tunas_budget(found: dict) -> float:
     return found["images"] + found["reward_images"] / 3
 
 
-def proxyless_budget(found: dict) -> float:
+def gradient_budget(found: dict) -> float:
     """Weight steps' images plus the α steps' (a forward and backward pass each, as training)."""
     return found["images"] + found["arch_images"]
 
@@ -105,19 +113,22 @@ def search_seed(
     common: list[str],
     target: float,
     seed: int,
-    names: list[str],
+    args: argparse.Namespace,
     costs: tuple[float, float],
-    retrain: tuple[int, int],
 ) -> list[dict[str, Any]]:
     """Search with every strategy at one target and seed at TuNAS's compute; retrain winners."""
+    names = args.strategies
     per_candidate, per_iteration = costs
     base = [*common, f"cost.target={target:g}", f"seed={seed}"]
-    tunas_dir = out / f"tunas/{seed}"
-    nascli("search", *base, f"out={tunas_dir}")
-    budget = tunas_budget(summary(tunas_dir))
     runs: dict[str, tuple[Path, float]] = {}
-    if "tunas" in names:
-        runs["tunas"] = (tunas_dir, budget)
+    if "tunas" in names or args.tunas_budget is None:
+        tunas_dir = out / f"tunas/{seed}"
+        nascli("search", *base, f"out={tunas_dir}")
+        budget = tunas_budget(summary(tunas_dir))
+        if "tunas" in names:
+            runs["tunas"] = (tunas_dir, budget)
+    else:
+        budget = args.tunas_budget
     if "random" in names:
         candidates = max(1, math.floor(budget / per_candidate + 0.5))
         directory = out / f"random/{seed}"
@@ -132,16 +143,28 @@ def search_seed(
     if "proxyless" in names:  # its own default length (230 weight steps, as TuNAS's)
         directory = out / f"proxyless/{seed}"
         nascli("search", *base, "strategy=proxyless_cpu", f"out={directory}")
-        runs["proxyless"] = (directory, proxyless_budget(summary(directory)))
+        runs["proxyless"] = (directory, gradient_budget(summary(directory)))
+    if "fbnet" in names:
+        directory = out / f"fbnet/{seed}"
+        nascli("search", *base, "strategy=fbnet_cpu", f"train.epochs={args.fbnet_epochs}",
+               f"out={directory}")  # fmt: skip
+        runs["fbnet"] = (directory, gradient_budget(summary(directory)))
+    if "grid" in names:
+        directory = out / f"grid/{seed}"
+        nascli("search", *base, "strategy=grid", "train=candidate_cpu",
+               f"strategy.max_cost={target:g}", f"out={directory}")  # fmt: skip
+        runs["grid"] = (directory, summary(directory)["details"]["trained"] * per_candidate)
     rows = []
     for name, (directory, spent) in runs.items():
         found = summary(directory)
-        epochs, repeats = retrain
+        # a grid point's network settings are config, not part of arch.json
+        point = [f"{k}={v}" for k, v in found.get("details", {}).get("point", {}).items()]
+        epochs, repeats = args.retrain_epochs, args.retrain_seeds
         tests = []
         for repeat in range(repeats):
             again = seed + 1000 * repeat
             retrained = out / f"retrain{epochs}_{name}/{seed}" / str(again)
-            nascli("retrain", *common, f"arch={directory}", f"seed={again}",
+            nascli("retrain", *common, *point, f"arch={directory}", f"seed={again}",
                    f"train.epochs={epochs}", f"out={retrained}")  # fmt: skip
             trained = summary(retrained)
             tests.append(trained["test_top1"])
@@ -187,15 +210,28 @@ def main() -> None:
     parser.add_argument("--space", default="proxylessnas")
     parser.add_argument("--targets", type=float, nargs="+", default=[84.0, 40.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    default = ["tunas", "random", "zen", "proxyless"]
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=default)
     parser.add_argument("--retrain-epochs", type=int, default=10)
     parser.add_argument("--retrain-seeds", type=int, default=1)
+    parser.add_argument("--fbnet-epochs", type=int, default=2, help="epochs of FBNet's search")
+    parser.add_argument(
+        "--tunas-budget",
+        type=float,
+        default=None,
+        help="image-equivalents of TuNAS's search, used instead of running it when tunas is "
+        "not among --strategies",
+    )
     parser.add_argument("--out", default="runs/scorecard")
     parser.add_argument("extra", nargs="*", help="overrides for every command (after --)")
     args = parser.parse_args()
     console = Console(width=160)
     out = Path(args.out)
     common = [f"space={args.space}", *args.extra]
+    if "grid" in args.strategies and not any(e.startswith("cost=") for e in args.extra):
+        parser.error("grid needs an analytic cost (-- cost=macs ...): the search's Pixel-1 model "
+                     "predicts one 224 px, width-1 network and ignores the grid's width and "
+                     "resolution")  # fmt: skip
     per_candidate, recipe = candidate_cost(common)
     per_iteration = zen_batch(common) * 2 / 3
     started = time.perf_counter()
@@ -205,8 +241,7 @@ def main() -> None:
         for seed in args.seeds:
             where = out / f"{target:g}"
             costs = (per_candidate, per_iteration)
-            retrain = (args.retrain_epochs, args.retrain_seeds)
-            results += search_seed(where, common, target, seed, args.strategies, costs, retrain)
+            results += search_seed(where, common, target, seed, args, costs)
             results_path.parent.mkdir(parents=True, exist_ok=True)
             results_path.write_text(json.dumps(results, indent=2) + "\n")
     title = (

@@ -179,6 +179,24 @@ def test_the_result_is_the_argmax_of_alpha():
     assert s.result_indices() == (s.policy.argmax().tolist(), "argmax")
 
 
+def test_under_a_budget_the_argmax_breaks_the_result_is_the_likeliest_architecture_within_it():
+    from nascli.search.budgets import BatchBudgets
+
+    s = make_search(relaxation="gumbel", loss="fbnet_log")
+    for _ in range(3):
+        s.advance()
+    argmax = s.final_indices()
+    flash = BatchBudgets(s.space, NET, {"flash": 1.0}).costs["flash"]
+    limit = float(flash(torch.tensor([argmax]))[0]) - 1
+    s.budgets = BatchBudgets(s.space, NET, {"flash": limit})
+    chosen, how = s.result_indices()
+    assert how == "likeliest_within_budgets" and chosen != argmax
+    assert float(flash(torch.tensor([chosen]))[0]) <= limit
+    s.budgets = BatchBudgets(s.space, NET, {"flash": 1.0})  # nothing fits
+    with pytest.raises(NascliError, match="no architecture of the final α fits the budgets"):
+        s.result_indices()
+
+
 def test_costs_without_an_expectation_are_refused():
     with pytest.raises(NascliError, match="no expectation"):
         make_search(cost="sram")

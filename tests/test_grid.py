@@ -172,6 +172,19 @@ def test_bad_grids_are_refused_in_one_line():
         measure_points(cfg, settings)
 
 
+def test_a_cost_budget_the_grid_cannot_move_is_refused():
+    """Pixel-1 predicts TuNAS's one 224 px, width-1 network: every width x resolution point
+    would cost the same, so a max_cost under it would keep all or none of them."""
+    cfg = grid_config("cost=tunas_pixel1")
+    pixel1 = GridSettings.from_config({"max_cost": 40.0})
+    with pytest.raises(NascliError, match="ignores the network settings the grid varies"):
+        measure_points(cfg, pixel1)
+    unbudgeted = measure_points(cfg, GridSettings.from_config({}))["points"]
+    assert len({p["cost"] for p in unbudgeted}) == 1  # the column is constant: hence the refusal
+    macs = measure_points(grid_config("cost=macs"), GridSettings.from_config({"max_cost": 5e6}))
+    assert {p["status"] for p in macs["points"]} == {"fit", "over_cost"}
+
+
 @pytest.mark.slow
 def test_coefficient_search_trains_each_doubling_within_budget_and_names_the_compound_run(
     run_cli, tmp_path

@@ -42,6 +42,8 @@ PEAK_METRICS = ("peak_memory", "sram")
 class CostModel(ABC):
     name: str
     units: str
+    #: False where the cost ignores the network settings (width, resolution): one fixed network
+    follows_settings: bool = True
 
     def __init__(self, space: SearchSpace, settings: NetworkSettings):
         self.space = space
@@ -131,6 +133,7 @@ class Pixel1Cost(CostModel):
     """TuNAS's simulated Pixel-1 at 224×224; independent of nascli's network settings."""
 
     name, units = "tunas_pixel1", "ms"
+    follows_settings = False
 
     def __init__(self, space: SearchSpace, settings: NetworkSettings):
         super().__init__(space, settings)

@@ -72,7 +72,7 @@ def measure_points(cfg: DictConfig, settings: GridSettings) -> dict[str, Any]:
         int(cfg.data.resolution),
         float(cfg.space.get("depth_multiplier", 1.0)),
     )
-    measured = []
+    measured, seen_settings, blind = [], set(), False
     for number, overrides in enumerate(points):
         point = point_config(cfg, overrides)
         depth = float(point.space.depth_multiplier)
@@ -83,6 +83,8 @@ def measure_points(cfg: DictConfig, settings: GridSettings) -> dict[str, Any]:
         try:
             cost_model = make_cost_model(point.cost, space, net_settings)
             cost, units = float(cost_model.cost(indices)), cost_model.units
+            blind = blind or not cost_model.follows_settings
+            seen_settings.add(net_settings)
         except NascliError:
             if settings.max_cost is not None:
                 raise
@@ -105,6 +107,13 @@ def measure_points(cfg: DictConfig, settings: GridSettings) -> dict[str, Any]:
                 "cost_units": units,
                 "status": status,
             }
+        )
+    if settings.max_cost is not None and blind and len(seen_settings) > 1:
+        raise NascliError(
+            f"strategy.max_cost: cost={cfg.cost.name} ignores the network settings the grid "
+            "varies (it predicts one fixed network: TuNAS's at 224 px, width 1), so every point "
+            "would cost the same; budget the grid under an analytic cost (cost=macs, ...) or "
+            "cost=lut"
         )
     if settings.mode == "compound":  # only the largest φ within the budgets is trained
         fitting = [p for p in measured if p["status"] == "fit"]
