@@ -153,12 +153,13 @@ def search_seed(
         directory = out / f"grid/{seed}"
         nascli("search", *base, "strategy=grid", "train=candidate_cpu",
                f"strategy.max_cost={target:g}", f"out={directory}")  # fmt: skip
-        runs["grid"] = (directory, summary(directory)["details"]["trained"] * per_candidate)
+        runs["grid"] = (directory, summary(directory)["trained"] * per_candidate)
     rows = []
     for name, (directory, spent) in runs.items():
         found = summary(directory)
-        # a grid point's network settings are config, not part of arch.json
-        point = [f"{k}={v}" for k, v in found.get("details", {}).get("point", {}).items()]
+        # a grid point's network settings are config, not part of arch.json (summary.json's
+        # details are top-level keys)
+        point = [f"{k}={v}" for k, v in found.get("point", {}).items()]
         epochs, repeats = args.retrain_epochs, args.retrain_seeds
         tests = []
         for repeat in range(repeats):
