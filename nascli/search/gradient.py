@@ -422,10 +422,7 @@ class GradientSearch(SupernetSearch):
         if self.settings.relaxation == "binary":  # ProxylessNAS: no update when Zero is active
             zero = self.is_zero.gather(1, indices.view(-1, 1))[:, 0]
             grad[zero] = 0
-        grad.masked_fill_(~self.policy.valid, 0.0)
-        quality = float(self.rank_mean((logits.argmax(1) == labels).float().mean()))
-        self._pairs = pairs
-        return self.rank_mean(loss.detach()), expected.detach(), quality
+        return self._arch_step_result(grad, logits, labels, loss, expected, pairs)
 
     def second_order_gradient(self, t: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """DARTS's second-order α gradient (Liu et al., ICLR 2019, Eq. 7-8 and Alg. 1):
@@ -494,9 +491,22 @@ class GradientSearch(SupernetSearch):
         self.arch_optimizer.zero_grad(set_to_none=True)
         self.optimizer.zero_grad(set_to_none=True)
         alpha.grad = self.ctx.all_reduce(grad.detach().clone())
-        alpha.grad.masked_fill_(~self.policy.valid, 0.0)
+        return self._arch_step_result(alpha.grad, logits, labels, loss, expected, None)
+
+    def _arch_step_result(
+        self,
+        grad: torch.Tensor,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        loss: torch.Tensor,
+        expected: torch.Tensor,
+        pairs: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Both α gradients' ending: no gradient on options a decision does not have; the
+        loss, expected cost and valid top-1 through the supernet, averaged over ranks."""
+        grad.masked_fill_(~self.policy.valid, 0.0)
         quality = float(self.rank_mean((logits.argmax(1) == labels).float().mean()))
-        self._pairs = None
+        self._pairs = pairs
         return self.rank_mean(loss.detach()), expected.detach(), quality
 
     def rank_mean(self, value: torch.Tensor) -> torch.Tensor:
