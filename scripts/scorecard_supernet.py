@@ -40,6 +40,8 @@ def known_architectures(root: Path, epochs: int) -> list[dict]:
     """Winners (with their retrained test top-1) and random candidates (with their valid)."""
     archs = []
     for strategy in STRATEGIES:
+        if not (root / strategy).is_dir():  # a scorecard can run any subset of strategies
+            continue
         for run in sorted((root / strategy).iterdir()):
             retrained = root / f"retrain{epochs}_{strategy}" / run.name
             tests = [
