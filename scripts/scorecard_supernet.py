@@ -38,11 +38,14 @@ STRATEGIES = ("tunas", "random", "zen")
 
 def known_architectures(root: Path, epochs: int) -> list[dict]:
     """Winners (with their retrained test top-1) and random candidates (with their valid)."""
+
+    def runs(strategy: str) -> list[Path]:  # a scorecard can run any subset of strategies
+        folder = root / strategy
+        return sorted(folder.iterdir()) if folder.is_dir() else []
+
     archs = []
     for strategy in STRATEGIES:
-        if not (root / strategy).is_dir():  # a scorecard can run any subset of strategies
-            continue
-        for run in sorted((root / strategy).iterdir()):
+        for run in runs(strategy):
             retrained = root / f"retrain{epochs}_{strategy}" / run.name
             tests = [
                 json.loads(p.read_text())["test_top1"] for p in retrained.glob("*/summary.json")
@@ -50,7 +53,7 @@ def known_architectures(root: Path, epochs: int) -> list[dict]:
             indices = json.loads((run / "summary.json").read_text())["indices"]
             archs.append({"arch": f"{strategy}{run.name}", "indices": indices,
                           "retrained_test": statistics.mean(tests) if tests else None})  # fmt: skip
-    for run in sorted((root / "random").iterdir()):
+    for run in runs("random"):
         table = pd.read_csv(run / "candidates.csv", dtype={"indices": str})
         for _, row in table[table["status"] == "done"].iterrows():
             label = f"candidate{run.name}.{row['candidate']}"
@@ -86,6 +89,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     root = Path(args.out) / args.target
+    if not (root / "tunas").is_dir():
+        parser.error(f"no TuNAS runs under {root}: no supernet to score architectures through")
     archs = known_architectures(root, args.epochs)
     console = Console()
     table = Table(title=f"{len(archs)} architectures through each TuNAS supernet · "
