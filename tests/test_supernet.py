@@ -187,7 +187,8 @@ def test_with_zero_width_every_expansion_and_width_also_starts_as_the_smallest(s
         torch.manual_seed(0)
         without = Supernet(SPACES[space], SETTINGS, SAME_START)
         for model in (net, without):
-            nn.init.normal_(model.classifier.weight)
+            with torch.no_grad():  # large logits (the zero columns of `zero_width` kept)
+                model.classifier.weight.mul_(100)
         with torch.no_grad():
             reference = net(x, Sample.of(base))
             plain_reference = without(x, Sample.of(base))
@@ -214,3 +215,45 @@ def test_tied_kernels_keep_their_own_weights_and_the_smaller_kernel_at_the_centr
     torch.testing.assert_close(seven[..., 2:5, 2:5], three)
     assert float(five.abs().sum()) == pytest.approx(float(three.abs().sum()))
     assert float(three.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("space", SPACE_NAMES)
+def test_with_zero_width_the_wider_channels_still_learn(space):
+    """The classic trap of a zero start: a channel that is exactly 0 before a ReLU gets no
+    gradient and stays 0 for good, so every wider expansion or width would compute what the
+    narrowest computes, at a higher cost. A few steps of the widest child must make each
+    sliced decision's largest option differ from its smallest by far more than rounding does
+    (the slow ones, behind a small classifier, differ by ~1e-3 of the output). (Without `zero_residual`,
+    whose zero γ slows every residual branch alike, extra channels or not.)"""
+    decisions = SPACES[space].decisions
+    widest = []
+    for d in decisions:
+        kind = d.path.rsplit(".", 1)[1]
+        if kind in ("expansion", "filters"):
+            widest.append(max(range(d.num_choices), key=lambda i, d=d: d.choices[i]))
+        elif kind == "op":
+            widest.append(next(i for i, c in enumerate(d.choices) if not isinstance(c, Zero)))
+        else:
+            widest.append(0)
+    torch.manual_seed(0)
+    net = Supernet(SPACES[space], SETTINGS, SupernetInit(False, True, True, True))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.2)
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        x = torch.randn(8, 3, 32, 32, generator=generator)
+        y = torch.randint(0, 10, (8,), generator=generator)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(x, Sample.of(widest)), y).backward()
+        optimizer.step()
+    x = torch.randn(8, 3, 32, 32, generator=generator)
+    with torch.no_grad():
+        reference = net(x, Sample.of(widest))
+        same = []
+        for d in decisions:
+            if d.path.rsplit(".", 1)[1] in ("expansion", "filters") and d.num_choices > 1:
+                narrow = list(widest)
+                narrow[d.position] = min(range(d.num_choices), key=lambda i, d=d: d.choices[i])
+                change = (net(x, Sample.of(narrow)) - reference).abs().max()
+                if change < 1e-5 * reference.abs().max():  # float rounding is ~1e-7 of it
+                    same.append(d.path)
+    assert not same, same

@@ -66,6 +66,9 @@ _ACT = {
     "swish6": lambda x: F.hardswish(x, inplace=True),
     None: lambda x: x,
 }
+#: activations that pass no gradient at 0: a channel that starts at exactly 0 before one of
+#: them never leaves it
+_FLAT_AT_ZERO = {"relu"}
 
 
 @dataclass(frozen=True)
@@ -313,6 +316,7 @@ class SuperIBN(Layer):
         self.squeeze = SuperSE(mid) if any(self.se.options) else None
         out_resolution = math.ceil(resolution / stride)
         self.project = ConvBN(mid, c_out, 1, 1, out_resolution)
+        self.act_name = spec.act
         self.act = _ACT[spec.act]
 
     def forward(self, x, width, s, trace):
@@ -502,10 +506,45 @@ class Supernet(nn.Module):
                 module.expand.zero_()
                 module.expand_bias.zero_()
         if init.zero_width:  # after the kernels are tied: every kernel's extra channels
-            for module in self.modules():
-                if isinstance(module, Layer):
-                    for end, start in _width_ends(module):
-                        _zero_channels(end, start)
+            self._zero_width()
+
+    def _zero_width(self) -> None:
+        """Channels beyond each searched width's smallest option start silent. Where no
+        activation follows the conv that makes them, its BN's γ = 0 does it (γ still gets a
+        gradient). Where a ReLU follows, a zero output would be a saddle the channels never
+        leave (the ReLU passes no gradient at 0: the extra channels of an expansion or a stem
+        would stay dead for good, and every wider option would equal the narrowest at a higher
+        cost), so the channels compute as usual and their *readers* start at zero instead:
+        the input columns of the next conv that mixes channels (and of the classifier)."""
+        layers = [layer for block in self.blocks for layer in block.layers]
+        for position, layer in enumerate(layers):
+            if isinstance(layer, OpChoice):  # a choice's options share their position
+                options = [option for option in layer.layers if isinstance(option, Layer)]
+            else:
+                options = [layer]
+            for option in options:
+                if isinstance(option, SuperIBN):
+                    start = scale_filters(option.min_in, min(option.expansion.options))
+                    if option.act_name in _FLAT_AT_ZERO:
+                        _zero_readers(option, start, within=True)
+                    else:
+                        _zero_channels(option.expand, start)
+                    _zero_channels(option.project, option.min_out)
+                elif isinstance(option, SuperSepConv):
+                    _zero_channels(option.pointwise, option.min_out)
+                elif isinstance(option, SuperStemConv) and option.act in _FLAT_AT_ZERO:
+                    self._zero_next_readers(layers[position + 1 :], option.min_out)
+                elif isinstance(option, SuperStemConv):
+                    for conv in option.convs.convs:
+                        _zero_channels(conv, option.min_out)
+
+    def _zero_next_readers(self, following: list[Layer], start: int) -> None:
+        for layer in following:
+            if isinstance(layer, SuperGAP):
+                continue  # pooling keeps channels apart: the reader comes after it
+            _zero_readers(layer, start)
+            return
+        self.classifier.weight[:, start:] = 0
 
     def forward(self, x: torch.Tensor, sample: Sample) -> torch.Tensor:
         self.trace = trace = Trace()
@@ -547,16 +586,31 @@ def _last_bn(layer: nn.Module) -> SuperBN | None:
     return None
 
 
-def _width_ends(layer: Layer) -> list[tuple[ConvBN, int]]:
-    """The ConvBNs whose output width a decision chooses, each with its smallest width."""
-    if isinstance(layer, SuperIBN):
-        smallest_mid = scale_filters(layer.min_in, min(layer.expansion.options))
-        return [(layer.expand, smallest_mid), (layer.project, layer.min_out)]
-    if isinstance(layer, SuperSepConv):
-        return [(layer.pointwise, layer.min_out)]
-    if isinstance(layer, SuperStemConv):
-        return [(conv, layer.min_out) for conv in layer.convs.convs]
-    return []
+def _zero_readers(layer: Layer, start: int, within: bool = False) -> None:
+    """Input channels from `start` on start with zero weight wherever `layer` mixes channels:
+    its input (depthwise convs keep channels apart, so for a separable conv that is the
+    pointwise conv), or with `within` an inverted bottleneck's own expanded channels (the
+    project conv and the SE, whose gate then also ignores its extra hidden units)."""
+    if isinstance(layer, OpChoice):
+        if layer.residual and any(layer.is_zero):
+            raise AssertionError("a skippable layer cannot hide its input's extra channels")
+        for option, zero in zip(layer.layers, layer.is_zero, strict=True):
+            if not zero:
+                _zero_readers(option, start, within)
+    elif within and isinstance(layer, SuperIBN):
+        layer.project.conv.weight[:, start:] = 0
+        if layer.squeeze is not None:
+            layer.squeeze.reduce[:, start:] = 0
+            layer.squeeze.expand[:, make_divisible(0.25 * start) :] = 0
+    elif isinstance(layer, SuperIBN):
+        layer.expand.conv.weight[:, start:] = 0
+    elif isinstance(layer, SuperSepConv):
+        layer.pointwise.conv.weight[:, start:] = 0
+    elif isinstance(layer, SuperStemConv):
+        for conv in layer.convs.convs:
+            conv.conv.weight[:, start:] = 0
+    else:
+        raise AssertionError(f"no reader of channels in {type(layer).__name__}")
 
 
 def _zero_channels(end: ConvBN, start: int) -> None:
