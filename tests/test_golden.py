@@ -2,15 +2,16 @@
 recorded before the search driver was introduced (tests/golden/, made with torch 2.13.0 on a CPU
 with AVX512). The TuNAS run was recorded again when `strategy=tunas_cpu` turned
 `zero_init_width` on, a deliberate change of the default, by the code that had first reproduced
-the earlier recording exactly, and once more (on AVX512) when `zero_init_width` stopped zeroing
-channels that a ReLU follows (their readers start at zero instead). Every `arch.json` was recorded again when it gained the int8
-`sram_bytes` and `flash_bytes` (totals and per layer), after checking that every other value
-was unchanged. Float arithmetic differs between CPU instruction sets and torch
-versions: on an AVX2 CPU the TuNAS and Zen-NAS runs reproduce the AVX512 recording exactly,
-while one random-baseline candidate trains to another valid accuracy, so `random/AVX2/` holds
-that run's files as recorded on AVX2 (2026-12-02, the code of the first AVX2 recording, before
-the search log was appended instead of rewritten). Elsewhere the comparison is skipped with
-the reason."""
+the earlier recording exactly, and once more (on AVX512, 2026-12-03) when `zero_init_width`
+stopped zeroing channels that a ReLU follows (their readers start at zero instead). Every
+`arch.json` was recorded again when it gained the int8 `sram_bytes` and `flash_bytes` (totals
+and per layer), after checking that every other value was unchanged. Float arithmetic differs
+between CPU instruction sets and torch versions: on an AVX2 CPU the Zen-NAS run (and the TuNAS
+run until its last recording, which has not been run on AVX2 yet) reproduce the AVX512
+recording exactly, while one random-baseline candidate trains to another valid accuracy, so
+`random/AVX2/` holds that run's files as recorded on AVX2 (2026-12-02, the code of the first
+AVX2 recording, before the search log was appended instead of rewritten). Elsewhere the
+comparison is skipped with the reason."""
 
 from __future__ import annotations
 

@@ -223,8 +223,8 @@ def test_with_zero_width_the_wider_channels_still_learn(space):
     gradient and stays 0 for good, so every wider expansion or width would compute what the
     narrowest computes, at a higher cost. A few steps of the widest child must make each
     sliced decision's largest option differ from its smallest by far more than rounding does
-    (the slow ones, behind a small classifier, differ by ~1e-3 of the output). (Without `zero_residual`,
-    whose zero γ slows every residual branch alike, extra channels or not.)"""
+    (the slow ones, behind a small classifier, differ by ~1e-3 of the output). Without
+    `zero_residual`, whose zero γ slows every residual branch alike, extra channels or not."""
     decisions = SPACES[space].decisions
     widest = []
     for d in decisions:
