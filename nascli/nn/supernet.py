@@ -19,8 +19,11 @@ settings): with every switch on, every child starts as the same function. A resi
 whose last BN has γ = 0 is an identity, so skipping it changes nothing at first; every kernel
 size starts as the smallest one zero-padded (with SAME padding the centres align), so the
 kernel choice does not change the function either; an SE whose expand conv starts at zero
-gates by a constant ½, which the project BN after it normalises away. Each option keeps its own
-weights and grows apart from that common start as training sees it.
+gates by a constant ½, which the project BN after it normalises away; the channels beyond a
+searched width's or expansion's smallest option start silent, so every width starts as the
+narrowest (where a ReLU follows them they compute as usual and their readers start at zero
+instead: a zero before a ReLU would never get a gradient). Each option keeps its own weights
+and grows apart from that common start as training sees it.
 
 `active_decay` lists the kernel slices the last forward pass used, so weight decay reaches only
 the active slices and branches, as TuNAS does. `extract(indices)` returns the standalone model of
@@ -78,9 +81,10 @@ class SupernetInit:
     zero_residual: bool = False  # γ = 0 in the last BN of every residual (skippable) branch
     tied_kernels: bool = False  # every kernel size starts as the smallest, zero-padded
     zero_se: bool = False  # SE's expand conv (weight and bias) starts at 0: a constant ½ gate
-    #: channels beyond a searched width's (and expansion's) smallest option start at 0 (γ = 0
-    #: in the BN that ends them, or a zero conv where no BN follows), so every width and
-    #: expansion choice starts as the smallest one
+    #: channels beyond a searched width's (and expansion's) smallest option start silent (γ = 0
+    #: in the BN that ends them, or a zero conv where no BN follows; where a ReLU follows,
+    #: zero weights in the conv that reads them), so every width and expansion choice starts
+    #: as the smallest one
     zero_width: bool = False
 
 

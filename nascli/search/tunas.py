@@ -83,7 +83,7 @@ class TunasSettings(BudgetSettings):
     zero_init_residual: bool = option(False)
     tied_kernels: bool = option(False)
     zero_init_se: bool = option(False)
-    zero_init_width: bool = option(False)  # channels beyond a width's smallest option start at 0
+    zero_init_width: bool = option(False)  # channels beyond a width's smallest start silent
     # The result: argmax of every decision (TuNAS's `analyze_mobile_search`) |
     # likeliest_in_window: the likeliest architecture under the final policy whose cost is
     # within target·(1 ± final_window).
