@@ -12,8 +12,11 @@ about 13 TuNAS steps of wall time). The grid (`strategy=grid`, ProxylessNAS-Mobi
 MobileNet's width x resolution grid, `strategy.max_cost` at the target) joins only under a cost
 that sees width and resolution (an analytic `cost=`); its budget is its trained points at the
 random candidates' price, and its winner is retrained at its point's overrides.
-With `--tunas-budget N` and `tunas` not among `--strategies`, TuNAS's search is not run and N
-image-equivalents (its runs' value: 34,347 for the default search) set the others' budgets.
+`--tunas-overrides` go to TuNAS's search alone (a `strategy.*` key that `retrain` and the
+other strategies do not have); its run directory is the same, so give such a run its own
+`--out`. With `--tunas-budget N` and `tunas` not among `--strategies`, TuNAS's search is not
+run and N image-equivalents (its runs' value: 34,347 for the default search) set the others'
+budgets.
 Every winner is then retrained from scratch with one recipe (`train=cpu_quick` for
 --retrain-epochs epochs, --retrain-seeds times) and scored on the test split: its score is the
 mean over those retrainings. Per target the table gives mean ± std over seeds and Welch's
@@ -23,6 +26,7 @@ script after an interruption continues where it stopped.
     python scripts/scorecard.py [--space proxylessnas] [--targets 84 40] [--seeds 0 1 2]
         [--strategies tunas random zen proxyless fbnet grid] [--retrain-epochs 10]
         [--retrain-seeds 1] [--fbnet-epochs 2] [--tunas-budget N] [--out runs/scorecard]
+        [--tunas-overrides strategy.zero_init_width=false ...]
         [-- extra overrides for every command, e.g. data=cifar10 data.root=~/data]
 """
 
@@ -123,7 +127,7 @@ def search_seed(
     runs: dict[str, tuple[Path, float]] = {}
     if "tunas" in names or args.tunas_budget is None:
         tunas_dir = out / f"tunas/{seed}"
-        nascli("search", *base, f"out={tunas_dir}")
+        nascli("search", *base, *args.tunas_overrides, f"out={tunas_dir}")
         budget = tunas_budget(summary(tunas_dir))
         if "tunas" in names:
             runs["tunas"] = (tunas_dir, budget)
@@ -222,6 +226,14 @@ def main() -> None:
         default=None,
         help="image-equivalents of TuNAS's search, used instead of running it when tunas is "
         "not among --strategies",
+    )
+    parser.add_argument(
+        "--tunas-overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides for TuNAS's search only (e.g. strategy.zero_init_width=false), which "
+        "the other commands would refuse",
     )
     parser.add_argument("--out", default="runs/scorecard")
     parser.add_argument("extra", nargs="*", help="overrides for every command (after --)")
