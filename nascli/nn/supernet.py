@@ -320,8 +320,7 @@ class SuperIBN(Layer):
         self.squeeze = SuperSE(mid) if any(self.se.options) else None
         out_resolution = math.ceil(resolution / stride)
         self.project = ConvBN(mid, c_out, 1, 1, out_resolution)
-        self.act_name = spec.act
-        self.act = _ACT[spec.act]
+        self.act = spec.act
 
     def forward(self, x, width, s, trace):
         relaxed = self.expansion.relaxed(s)
@@ -330,10 +329,11 @@ class SuperIBN(Layer):
         else:  # every expansion of the actual input width, as channel masks of the largest
             mids = [scale_filters(x.shape[1], ratio) for ratio in self.expansion.options]
             mid, mask = max(mids), channel_mask(mids, relaxed, x.device)
-        y = self.act(self.expand(x, mid, trace))
+        act = _ACT[self.act]
+        y = act(self.expand(x, mid, trace))
         if mask is not None:
             y = y * mask
-        y = self.act(self.depthwise(y, mid, s, trace))
+        y = act(self.depthwise(y, mid, s, trace))
         if mask is not None:
             y = y * mask
         relaxed_se = self.se.relaxed(s)
@@ -529,7 +529,7 @@ class Supernet(nn.Module):
             for option in options:
                 if isinstance(option, SuperIBN):
                     start = scale_filters(option.min_in, min(option.expansion.options))
-                    if option.act_name in _FLAT_AT_ZERO:
+                    if option.act in _FLAT_AT_ZERO:
                         _zero_readers(option, start, within=True)
                     else:
                         _zero_channels(option.expand, start)
