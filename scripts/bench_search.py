@@ -52,7 +52,7 @@ from nascli.nn.supernet import Supernet
 from nascli.report.machine import machine_line
 from nascli.search.gradient import GradientSearch, GradientSettings
 from nascli.search.tunas import TunasSearch, TunasSettings
-from nascli.space.arch import get_space
+from nascli.space.arch import get_space, largest_indices
 from nascli.space.network import NetworkSettings
 from nascli.train.distributed import Context
 from nascli.train.optim import build_optimizer
@@ -183,17 +183,6 @@ def time_steps(space: str, archs: int, batch: int) -> list[tuple[float, float]]:
     return pairs
 
 
-def largest_child(space_name: str) -> list[int]:
-    space = get_space(space_name)
-    out = []
-    for d in space.decisions:
-        if d.path.endswith(".op") and d.num_choices == 2:
-            out.append(0)  # the layer, not Zero
-        else:
-            out.append(d.num_choices - 1)  # kernel 7, largest expansion and width, SE on
-    return out
-
-
 def current_rss_mib() -> float:
     """Resident memory now (Linux: /proc/self/statm)."""
     with open("/proc/self/statm") as f:
@@ -224,7 +213,8 @@ def memory_worker(kind: str, space: str, batch: int, steps: int) -> None:
     """Runs in a subprocess: prints the weights' size plus the peak resident memory (MiB) above
     the level before the first step: optimiser state, gradients and activations of the run."""
     search = make_search(space, batch)
-    model = search.net.extract(largest_child(space)).train() if kind == "alone" else None
+    largest = largest_indices(search.space)
+    model = search.net.extract(largest).train() if kind == "alone" else None
     gradient = None
     if kind in GRADIENT_KINDS:
         gradient = make_gradient(space, batch, *GRADIENT_KINDS[kind])

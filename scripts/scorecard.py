@@ -14,9 +14,11 @@ that sees width and resolution (an analytic `cost=`); its budget is its trained 
 random candidates' price, and its winner is retrained at its point's overrides.
 `--tunas-overrides` go to TuNAS's search alone (a `strategy.*` key that `retrain` and the
 other strategies do not have); its run directory is the same, so give such a run its own
-`--out`. With `--tunas-budget N` and `tunas` not among `--strategies`, TuNAS's search is not
-run and N image-equivalents (its runs' value: 34,347 for the default search) set the others'
-budgets.
+`--out`; `--random-overrides` go to the random baseline alone (e.g. more draws,
+`strategy.max_attempts=4000000`, when a large budget buys more candidates than a million draws
+find in a narrow window). With `--tunas-budget N` and `tunas` not among `--strategies`,
+TuNAS's search is not run and N image-equivalents (its runs' value: 34,347 for the default
+search) set the others' budgets.
 Every winner is then retrained from scratch with one recipe (`train=cpu_quick` for
 --retrain-epochs epochs, --retrain-seeds times) and scored on the test split: its score is the
 mean over those retrainings. Per target the table gives mean ± std over seeds and Welch's
@@ -26,7 +28,7 @@ script after an interruption continues where it stopped.
     python scripts/scorecard.py [--space proxylessnas] [--targets 84 40] [--seeds 0 1 2]
         [--strategies tunas random zen proxyless fbnet grid] [--retrain-epochs 10]
         [--retrain-seeds 1] [--fbnet-epochs 2] [--tunas-budget N] [--out runs/scorecard]
-        [--tunas-overrides strategy.zero_init_width=false ...]
+        [--tunas-overrides strategy.zero_init_width=false ...] [--random-overrides ...]
         [-- extra overrides for every command, e.g. data=cifar10 data.root=~/data]
 """
 
@@ -136,7 +138,13 @@ def search_seed(
     if "random" in names:
         candidates = max(1, math.floor(budget / per_candidate + 0.5))
         directory = out / f"random/{seed}"
-        nascli("random-baseline", *base, f"strategy.num_samples={candidates}", f"out={directory}")
+        nascli(
+            "random-baseline",
+            *base,
+            *args.random_overrides,
+            f"strategy.num_samples={candidates}",
+            f"out={directory}",
+        )
         runs["random"] = (directory, candidates * per_candidate)
     if "zen" in names:
         iterations = max(1, math.floor(budget / per_iteration + 0.5))
@@ -234,6 +242,13 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="overrides for TuNAS's search only (e.g. strategy.zero_init_width=false), which "
         "the other commands would refuse",
+    )
+    parser.add_argument(
+        "--random-overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides for the random baseline only (e.g. strategy.max_attempts=4000000)",
     )
     parser.add_argument("--out", default="runs/scorecard")
     parser.add_argument("extra", nargs="*", help="overrides for every command (after --)")

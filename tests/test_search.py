@@ -8,15 +8,16 @@ import sys
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from nascli.config import CostConfig, DataConfig, TrainConfig
 from nascli.cost.models import make_cost_model
 from nascli.data import load_data
-from nascli.nn.supernet import Supernet, SupernetInit
+from nascli.nn.supernet import Sample, Supernet, SupernetInit
 from nascli.search.policy import Controller
 from nascli.search.tunas import TunasSearch, TunasSettings
-from nascli.space.arch import sample_indices
+from nascli.space.arch import largest_indices, sample_indices, smallest_indices
 from nascli.space.network import NetworkSettings
 from nascli.space.spaces import SPACES
 from nascli.train.distributed import Context
@@ -88,6 +89,42 @@ def test_the_step_trains_weights_and_moves_the_policy_only_after_the_delay():
     changed = [k for k, v in search.net.state_dict().items() if not torch.equal(v, before[k])]
     assert changed
     assert all(len(r.quality) == 2 and min(r.quality) >= 0 for r in records)
+
+
+def test_the_sandwich_rule_adds_the_largest_childs_gradient_once_a_step():
+    """With `sandwich`, a step's update is the plain step's plus the largest child's gradient on
+    the first architecture's slice, weighted 1/K as each child's loss and decay; its images
+    count, and the policy still sees the K sampled children's rewards alone. Every sampled
+    child is the smallest here, so the largest child's own weights move only through it."""
+    plain, sandwich, probe = tiny_search(), tiny_search(sandwich=True), tiny_search()
+    smallest = torch.tensor([smallest_indices(plain.space)] * plain.archs)
+    off = torch.zeros_like(smallest, dtype=torch.bool)
+    for search in (plain, sandwich):
+        search.sample = lambda step, p_op, p_filter: (smallest, off, off)
+    images, labels = probe.train_batches.get(0)
+    part = slice(0, probe.per_arch)
+    logits = probe.net(images[part], Sample.of(largest_indices(probe.space)))
+    loss = F.cross_entropy(logits, labels[part], label_smoothing=probe.train_cfg.label_smoothing)
+    (loss / probe.archs).backward()
+    with torch.no_grad():
+        for weight, index in probe.net.active_decay():
+            weight.grad[index].add_(weight[index], alpha=probe.weight_decay / probe.archs)
+    records = [search.train_step() for search in (plain, sandwich)]
+    assert records[0].lr > 0 and records[0].lr == records[1].lr
+    assert len(records[1].quality) == len(records[1].rewards) == plain.archs
+    step = records[0].lr * (1 + plain.train_cfg.momentum)  # SGD-Nesterov's first update
+    only_largest = 0
+    for (name, a), b, g in zip(
+        plain.net.named_parameters(),
+        sandwich.net.parameters(),
+        probe.net.parameters(),
+        strict=True,
+    ):
+        expected = torch.zeros_like(a) if g.grad is None else -step * g.grad
+        torch.testing.assert_close(b - a, expected, atol=1e-6, rtol=1e-4, msg=name)
+        only_largest += int(torch.equal(a, probe.net.state_dict()[name]) and g.grad is not None)
+    assert only_largest > 10  # skipped layers, larger kernels: moved by the sandwich alone
+    assert sandwich.images == plain.images + plain.per_arch == plain.train_cfg.batch_size * 1.5
 
 
 def test_a_search_run_writes_its_outputs_and_build_takes_the_run_dir(run_cli, tmp_path):

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from nascli.nn.supernet import KernelSwitch, Sample, Supernet, SupernetInit, Trace
+from nascli.space.arch import largest_indices
 from nascli.space.network import NetworkSettings
 from nascli.space.references import references_in
 from nascli.space.schema import OP, Block, InvertedBottleneck, OneOf, Residual, Zero
@@ -226,15 +227,7 @@ def test_with_zero_width_the_wider_channels_still_learn(space):
     (the slow ones, behind a small classifier, differ by ~1e-3 of the output). Without
     `zero_residual`, whose zero γ slows every residual branch alike, extra channels or not."""
     decisions = SPACES[space].decisions
-    widest = []
-    for d in decisions:
-        kind = d.path.rsplit(".", 1)[1]
-        if kind in ("expansion", "filters"):
-            widest.append(max(range(d.num_choices), key=lambda i, d=d: d.choices[i]))
-        elif kind == "op":
-            widest.append(next(i for i, c in enumerate(d.choices) if not isinstance(c, Zero)))
-        else:
-            widest.append(0)
+    widest = list(largest_indices(SPACES[space]))
     torch.manual_seed(0)
     net = Supernet(SPACES[space], SETTINGS, SupernetInit(False, True, True, True))
     optimizer = torch.optim.SGD(net.parameters(), lr=0.2)

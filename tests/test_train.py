@@ -201,6 +201,11 @@ def test_corrupt_foreign_and_other_run_checkpoints_are_refused(tmp_path):
     with pytest.raises(NascliError, match=r"different run .*seed"):
         load_checkpoint(good, {"seed": 1})
     assert load_checkpoint(good, {"seed": 0})["step"] == 1
+    # A setting added after the run started resumes it when null or off, and only then.
+    assert load_checkpoint(good, {"seed": 0, "new": None, "switch": False})["step"] == 1
+    for value in (True, 0, 0.5):
+        with pytest.raises(NascliError, match=r"different run .*switch"):
+            load_checkpoint(good, {"seed": 0, "switch": value})
 
 
 def test_checkpoints_load_with_weights_only(digits, tmp_path):

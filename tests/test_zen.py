@@ -12,9 +12,8 @@ from nascli.search.zen import (
     ZenSettings,
     active_decisions,
     mutate,
-    smallest_indices,
 )
-from nascli.space.arch import get_space, validate_indices
+from nascli.space.arch import get_space, smallest_indices, validate_indices
 from nascli.space.network import NetworkSettings, decode
 from nascli.space.references import references_in
 from tests.conftest import SPACE_NAMES, TINY, assert_common_summary, random_archs

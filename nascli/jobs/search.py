@@ -226,7 +226,7 @@ def finish(
         target=target,
         supernet_top1=signal.final,
         chance_top1=signal.chance,
-        images=search.step * cfg.train.batch_size,
+        images=search.images,
         seconds=seconds,
         wall_seconds=time.perf_counter() - started,
         details={

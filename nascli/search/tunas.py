@@ -42,6 +42,7 @@ from nascli.search.rewards import (
     warmup_probability,
 )
 from nascli.settings import check_fields, option
+from nascli.space.arch import largest_indices
 from nascli.space.schema import Zero
 from nascli.space.spaces import SearchSpace
 from nascli.train.distributed import Context
@@ -84,6 +85,9 @@ class TunasSettings(BudgetSettings):
     tied_kernels: bool = option(False)
     zero_init_se: bool = option(False)
     zero_init_width: bool = option(False)  # channels beyond a width's smallest start silent
+    # nascli's addition (BigNAS's sandwich rule, its largest child only; TuNAS: off): each
+    # step also trains the space's largest child on the first architecture's train slice.
+    sandwich: bool = option(False)
     # The result: argmax of every decision (TuNAS's `analyze_mobile_search`) |
     # likeliest_in_window: the likeliest architecture under the final policy whose cost is
     # within target·(1 ± final_window).
@@ -229,6 +233,12 @@ class SupernetSearch(Strategy):
     def train_step(self) -> Any:
         raise NotImplementedError
 
+    @property
+    def images(self) -> int:
+        """Training images the shared weights have seen so far (the compute a scorecard
+        counts)."""
+        return self.step * self.train_cfg.batch_size
+
     def _average_gradients(self) -> None:
         """Sum gradients over ranks. A parameter no rank used keeps no gradient, so the
         optimiser leaves it (and its momentum) untouched, as TuNAS's unexecuted branches."""
@@ -278,6 +288,9 @@ class TunasSearch(SupernetSearch):
                 f"{self.archs} architectures of a step (archs_per_rank × ranks)"
             )
         self.per_arch = train_cfg.batch_size // self.archs
+        # The sandwich rule's largest child, trained by the first rank only so that the
+        # all-reduce counts it once.
+        self.largest = Sample.of(largest_indices(self.space)) if settings.sandwich else None
         self.valid_per_arch = max(1, round(self.per_arch * settings.rl_batch_size_multiplier))
         self.data = data.to(ctx.device)
         self.train_batches = Batches(data, "train", train_cfg.batch_size, ctx, seed, True)
@@ -420,16 +433,33 @@ class TunasSearch(SupernetSearch):
             )
             (loss / self.archs).backward()
             loss_sum += loss.detach()
-            if self.weight_decay:
-                with torch.no_grad():
-                    for weight, index in self.net.active_decay():
-                        weight.grad[index].add_(weight[index], alpha=self.weight_decay / self.archs)
+            self._decay_active()
+        if self.largest is not None and self.ctx.is_main:
+            logits = self.net(images[: self.per_arch], self.largest)
+            loss = F.cross_entropy(
+                logits, labels[: self.per_arch], label_smoothing=self.train_cfg.label_smoothing
+            )
+            (loss / self.archs).backward()
+            self._decay_active()
         self._average_gradients()
         if self.train_cfg.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.train_cfg.grad_clip_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum
+
+    def _decay_active(self) -> None:
+        """Weight decay on the kernel slices the last forward used, weighted as its loss."""
+        if self.weight_decay:
+            with torch.no_grad():
+                for weight, index in self.net.active_decay():
+                    weight.grad[index].add_(weight[index], alpha=self.weight_decay / self.archs)
+
+    @property
+    def images(self) -> int:
+        """The children's train batches plus the sandwich child's slices."""
+        sandwich = self.per_arch if self.largest is not None else 0
+        return self.step * (self.train_cfg.batch_size + sandwich)
 
     def train_step(self) -> StepRecord:
         s, t, S = self.settings, self.step, self.total_steps

@@ -30,9 +30,13 @@ from nascli.search.driver import Strategy
 from nascli.search.policy import ancestors
 from nascli.search.proxies import PROXIES, ProxySettings, scorable, score
 from nascli.settings import check_fields, option
-from nascli.space.arch import format_indices, load_architecture, sample_indices
+from nascli.space.arch import (
+    format_indices,
+    load_architecture,
+    sample_indices,
+    smallest_indices,
+)
 from nascli.space.network import Network, NetworkSettings, decode
-from nascli.space.schema import Zero
 from nascli.space.spaces import SearchSpace
 
 
@@ -68,21 +72,6 @@ class ZenSettings(BudgetSettings):
         values = asdict(self)
         values |= values.pop("proxy_settings")
         return values
-
-
-def smallest_indices(space: SearchSpace) -> tuple[int, ...]:
-    """Every decision at its cheapest option: `Zero` (a skip) where offered, else the smallest
-    value (kernel, expansion, width; SE off)."""
-    chosen = []
-    for decision in space.decisions:
-        choices = decision.choices
-        if any(isinstance(c, Zero) for c in choices):
-            chosen.append(next(i for i, c in enumerate(choices) if isinstance(c, Zero)))
-        elif all(isinstance(c, (int, float, bool)) for c in choices):
-            chosen.append(min(range(len(choices)), key=lambda i: choices[i]))
-        else:
-            chosen.append(0)
-    return tuple(chosen)
 
 
 def active_decisions(space: SearchSpace, indices: tuple[int, ...]) -> list[int]:

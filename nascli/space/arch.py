@@ -11,6 +11,7 @@ import torch
 from nascli.errors import NascliError
 from nascli.space.depth import deepen_indices, deepen_space, split_name
 from nascli.space.references import references_in
+from nascli.space.schema import Zero
 from nascli.space.spaces import ALL_SPACES, GRAPH_SPACES, SPACES, SearchSpace, nasrl
 
 LAYERS_SEPARATOR = "@layers"
@@ -133,6 +134,30 @@ def sample_indices(
     sizes = torch.tensor([d.num_choices for d in space.decisions], dtype=torch.float64)
     uniform = torch.rand(num, space.num_decisions, generator=generator, dtype=torch.float64)
     return (uniform * sizes).floor().long()
+
+
+def _extreme_option(decision, largest: bool) -> int:
+    """A decision's cheapest or most costly option: a skip (`Zero`) against the first layer
+    where a skip is offered, else the smallest or largest value (kernel, expansion, width; SE
+    off or on); 0 for options with no order."""
+    choices = decision.choices
+    skips = [i for i, c in enumerate(choices) if isinstance(c, Zero)]
+    if skips:
+        return next(i for i in range(len(choices)) if i not in skips) if largest else skips[0]
+    if all(isinstance(c, (int, float, bool)) for c in choices):
+        return (max if largest else min)(range(len(choices)), key=lambda i: choices[i])
+    return 0
+
+
+def smallest_indices(space: SearchSpace) -> tuple[int, ...]:
+    """Every decision at its cheapest option: a skip where offered, else the smallest value."""
+    return tuple(_extreme_option(d, largest=False) for d in space.decisions)
+
+
+def largest_indices(space: SearchSpace) -> tuple[int, ...]:
+    """Every decision at its most costly option: every skippable layer on, the largest kernel,
+    expansion and width, SE on (the sandwich rule's largest child)."""
+    return tuple(_extreme_option(d, largest=True) for d in space.decisions)
 
 
 def _json_path(spec: str) -> Path | None:

@@ -28,14 +28,15 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def same_fingerprint(stored: Any, current: Any) -> bool:
     """Whether a checkpoint's fingerprint matches this run's. A setting missing from the stored
-    one (added to nascli after the run started) matches when this run's value is null, so a new
-    setting whose null default keeps the old behaviour does not orphan older runs."""
+    one (added to nascli after the run started) matches when this run's value is null or
+    false, so a new setting whose null default, or a new switch that is off, keeps the old
+    behaviour and does not orphan older runs."""
     if isinstance(stored, dict) and isinstance(current, dict):
         keys = {*stored, *current}
         return all(
             same_fingerprint(stored[k], current[k])
             if k in stored and k in current
-            else (current.get(k) is None and k not in stored)
+            else (any(current.get(k) is off for off in (None, False)) and k not in stored)
             for k in keys
         )
     return stored == current
