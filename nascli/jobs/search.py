@@ -121,7 +121,8 @@ def run_tunas(cfg: DictConfig) -> None:
         out.mkdir(parents=True, exist_ok=True)
     header = (
         f"search {space.title} · strategy tunas ({settings.reward} reward, "
-        f"{search.archs} arch/step, {search.controller.name} controller) · cost "
+        f"{search.archs} arch/step{' + the largest (sandwich)' if settings.sandwich else ''}, "
+        f"{search.controller.name} controller) · cost "
         f"{cost_model.name} target "
         f"{target if target is not None else '–'} {cost_model.units} · data {data.name} "
         f"{net_settings.resolution}px · {search.total_steps} steps of "
