@@ -427,20 +427,10 @@ class TunasSearch(SupernetSearch):
         loss_sum = torch.zeros((), device=self.ctx.device)
         for j, k in enumerate(samples):
             part = slice(j * self.per_arch, (j + 1) * self.per_arch)
-            logits = self.net(images[part], samples[k])
-            loss = F.cross_entropy(
-                logits, labels[part], label_smoothing=self.train_cfg.label_smoothing
-            )
-            (loss / self.archs).backward()
-            loss_sum += loss.detach()
-            self._decay_active()
+            loss_sum += self._backward_child(images[part], labels[part], samples[k])
         if self.largest is not None and self.ctx.is_main:
-            logits = self.net(images[: self.per_arch], self.largest)
-            loss = F.cross_entropy(
-                logits, labels[: self.per_arch], label_smoothing=self.train_cfg.label_smoothing
-            )
-            (loss / self.archs).backward()
-            self._decay_active()
+            part = slice(0, self.per_arch)
+            self._backward_child(images[part], labels[part], self.largest)
         self._average_gradients()
         if self.train_cfg.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.train_cfg.grad_clip_norm)
@@ -448,18 +438,23 @@ class TunasSearch(SupernetSearch):
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum
 
-    def _decay_active(self) -> None:
-        """Weight decay on the kernel slices the last forward used, weighted as its loss."""
+    def _backward_child(self, images, labels, sample: Sample) -> torch.Tensor:
+        """Accumulate one child's share of the step's gradient: its CE over the K
+        architectures plus weight decay on the kernel slices it used. Returns its loss."""
+        logits = self.net(images, sample)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.train_cfg.label_smoothing)
+        (loss / self.archs).backward()
         if self.weight_decay:
             with torch.no_grad():
                 for weight, index in self.net.active_decay():
                     weight.grad[index].add_(weight[index], alpha=self.weight_decay / self.archs)
+        return loss.detach()
 
     @property
     def images(self) -> int:
         """The children's train batches plus the sandwich child's slices."""
         sandwich = self.per_arch if self.largest is not None else 0
-        return self.step * (self.train_cfg.batch_size + sandwich)
+        return super().images + self.step * sandwich
 
     def train_step(self) -> StepRecord:
         s, t, S = self.settings, self.step, self.total_steps
