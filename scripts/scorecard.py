@@ -12,6 +12,11 @@ about 13 TuNAS steps of wall time). The grid (`strategy=grid`, ProxylessNAS-Mobi
 MobileNet's width x resolution grid, `strategy.max_cost` at the target) joins only under a cost
 that sees width and resolution (an analytic `cost=`); its budget is its trained points at the
 random candidates' price, and its winner is retrained at its point's overrides.
+`random_draw` is TuNAS's own latency-matched baseline (its `sample_random_architectures.py`
+with one sample): one uniform draw inside the window, retrained as it is, with no selection;
+over many seeds it gives the accuracy of a typical architecture at that cost, against which a
+search shows whether it finds better than average. (`random` is the stronger, equal-compute baseline: the best of as many
+trained candidates as TuNAS's budget buys.)
 `--tunas-overrides` go to TuNAS's search alone (a `strategy.*` key that `retrain` and the
 other strategies do not have); its run directory is the same, so give such a run its own
 `--out`; `--random-overrides` go to the random baseline alone (e.g. more draws,
@@ -26,7 +31,7 @@ t-test of each strategy against random (two-sided). Every command resumes, so re
 script after an interruption continues where it stopped.
 
     python scripts/scorecard.py [--space proxylessnas] [--targets 84 40] [--seeds 0 1 2]
-        [--strategies tunas random zen proxyless fbnet grid] [--retrain-epochs 10]
+        [--strategies tunas random random_draw zen proxyless fbnet grid] [--retrain-epochs 10]
         [--retrain-seeds 1] [--fbnet-epochs 2] [--tunas-budget N] [--out runs/scorecard]
         [--tunas-overrides strategy.zero_init_width=false ...] [--random-overrides ...]
         [-- extra overrides for every command, e.g. data=cifar10 data.root=~/data]
@@ -54,7 +59,7 @@ from nascli.data import load_data
 from nascli.report.machine import machine_line
 from nascli.report.summary import read_summary
 
-STRATEGIES = ("tunas", "random", "zen", "proxyless", "fbnet", "grid")
+STRATEGIES = ("tunas", "random", "random_draw", "zen", "proxyless", "fbnet", "grid")
 
 
 def nascli(*args: str) -> None:
@@ -146,6 +151,11 @@ def search_seed(
             f"out={directory}",
         )
         runs["random"] = (directory, candidates * per_candidate)
+    if "random_draw" in names:  # TuNAS's own baseline: one draw in the window, not selected
+        directory = out / f"random_draw/{seed}"
+        nascli("random-baseline", *base, *args.random_overrides, "strategy.num_samples=1",
+               f"out={directory}")  # fmt: skip
+        runs["random_draw"] = (directory, per_candidate)
     if "zen" in names:
         iterations = max(1, math.floor(budget / per_iteration + 0.5))
         directory = out / f"zen/{seed}"
