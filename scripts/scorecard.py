@@ -15,8 +15,8 @@ random candidates' price, and its winner is retrained at its point's overrides.
 `random_draw` is TuNAS's own latency-matched baseline (its `sample_random_architectures.py`
 with one sample): one uniform draw inside the window, retrained as it is, with no selection;
 over many seeds it gives the accuracy of a typical architecture at that cost, against which a
-search shows whether it finds better than average. (`random` is the stronger, equal-compute baseline: the best of as many
-trained candidates as TuNAS's budget buys.)
+search shows whether it finds better than average. (`random` is the stronger, equal-compute
+baseline: the best of as many trained candidates as TuNAS's budget buys.)
 `--tunas-overrides` go to TuNAS's search alone (a `strategy.*` key that `retrain` and the
 other strategies do not have); its run directory is the same, so give such a run its own
 `--out`; `--random-overrides` go to the random baseline alone (e.g. more draws,
