@@ -15,8 +15,17 @@ every architecture (children and references).
 
 Standalone accuracies do not depend on the variant and are cached in `--cache`.
 
+Two variants change the training itself rather than a setting, to measure two suspects of
+weight sharing: `...,lazy_momentum` moves only the weight entries a step's gradient reached and
+keeps the other entries' momentum as it was (TuNAS, like nascli, lets momentum keep moving the
+slices of a max-size weight that a step did not use), and `...,full_depth` trains with every
+skippable layer kept, so the depth never changes from step to step. With `--children
+full_depth` every child is scored (through the supernet and alone) with its skippable layers
+kept, so the two trainings are compared on children both saw; the references are left out.
+
     python scripts/bench_supernet.py [--spaces proxylessnas mnv3] [--archs 12]
-        [--variants tunas same_start] [-- extra overrides of nascli search]
+        [--variants tunas same_start] [--children spread|full_depth]
+        [-- extra overrides of nascli search]
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from nascli.search.health import (
 from nascli.search.tunas import TunasSearch, TunasSettings
 from nascli.space.arch import format_indices, get_space
 from nascli.space.references import references_in
+from nascli.space.schema import Zero
 from nascli.train.distributed import Context
 
 SAME = ["strategy.zero_init_residual=true", "strategy.tied_kernels=true"]
@@ -88,6 +98,71 @@ VARIANTS = {
         "strategy.filter_warmup_fraction=0",
     ],
     "tunas,lr*3": [*TUNAS, "train.lr_per_256=0.3"],
+    "same_start+width,no_momentum": [
+        *SAME[:3],
+        "strategy.zero_init_width=true",
+        "train.momentum=0",
+        "train.nesterov=false",
+    ],
+}
+WIDTH = [*SAME[:3], "strategy.zero_init_width=true"]
+VARIANTS["same_start+width,lazy_momentum"] = WIDTH
+VARIANTS["same_start+width,full_depth"] = WIDTH
+
+
+def kept_layers(space, indices) -> tuple[int, ...]:
+    """`indices` with every skippable layer kept (its first option that is not `Zero`)."""
+    kept = list(indices)
+    for position, decision in enumerate(space.decisions):
+        if any(isinstance(c, Zero) for c in decision.choices):
+            kept[position] = next(
+                i for i, c in enumerate(decision.choices) if not isinstance(c, Zero)
+            )
+    return tuple(kept)
+
+
+def lazy_momentum(search: TunasSearch) -> None:
+    """The optimiser moves only entries whose gradient is not zero, and keeps the momentum of
+    the others as it was: the slices a step did not use stand still."""
+    optimizer, step = search.optimizer, search.optimizer.step
+
+    def masked_step(*args, **kwargs):
+        kept = []
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None and bool((still := param.grad == 0).any()):
+                    buffer = optimizer.state[param].get("momentum_buffer")
+                    buffer = None if buffer is None else buffer.clone()
+                    kept.append((param, still, param.detach().clone(), buffer))
+        result = step(*args, **kwargs)
+        with torch.no_grad():
+            for param, still, before, buffer in kept:
+                param[still] = before[still]
+                if buffer is not None:
+                    optimizer.state[param]["momentum_buffer"][still] = buffer[still]
+        return result
+
+    optimizer.step = masked_step
+
+
+def full_depth(search: TunasSearch) -> None:
+    """Every sampled child keeps all its skippable layers (never mixed with the skip)."""
+    sample, space = search.sample, search.net.space
+    skippable = torch.tensor([any(isinstance(c, Zero) for c in d.choices) for d in space.decisions])
+    kept = torch.tensor(kept_layers(space, [0] * space.num_decisions))
+
+    def without_skips(step, p_op, p_filter):
+        indices, mixed, replaced = sample(step, p_op, p_filter)
+        indices = torch.where(skippable, kept, indices)
+        return indices, mixed & ~skippable, replaced
+
+    search.sample = without_skips
+
+
+#: Variants that change the training itself (applied to the search before it trains).
+HOOKS = {
+    "same_start+width,lazy_momentum": lazy_momentum,
+    "same_start+width,full_depth": full_depth,
 }
 
 
@@ -113,6 +188,12 @@ def main() -> None:
     )
     parser.add_argument("--variants", nargs="+", default=["tunas", "same_start"], choices=VARIANTS)
     parser.add_argument("--archs", type=int, default=12, help="random children per space (≥ 8)")
+    parser.add_argument(
+        "--children",
+        choices=["spread", "full_depth"],
+        default="spread",
+        help="full_depth: the children with every skippable layer kept, no references",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path("runs/bench_supernet/standalone.json"))
@@ -142,6 +223,8 @@ def main() -> None:
         cost_model = make_cost_model(cfg.cost, space, net_settings, "cpu")
         children = spread_over_cost(space, cost_model, args.archs, args.seed)
         references = dict(references_in(space))
+        if args.children == "full_depth":
+            children, references = [kept_layers(space, c) for c in children], {}
         archs = [*children, *references.values()]
         recipe = json.dumps(OmegaConf.to_container(cfg.train, resolve=True), sort_keys=True)
         alone, running = {}, {}
@@ -169,6 +252,8 @@ def main() -> None:
             search = TunasSearch(
                 net, cfg.train, settings, data, cost_model, None, ctx, seed=args.seed
             )
+            if variant in HOOKS:
+                HOOKS[variant](search)
             tick = time.perf_counter()
             losses = train_shared_uniform(search)
             seconds = time.perf_counter() - tick
@@ -191,6 +276,7 @@ def main() -> None:
                 {
                     "space": space_name,
                     "variant": variant,
+                    "children_set": args.children,
                     "overrides": VARIANTS[variant],
                     "loss_first10": first,
                     "loss_last10": last,
