@@ -26,7 +26,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 #: name -> (command line, the files whose content must match, columns that measure time)
 COMMANDS = {
     "tunas": (
-        ["search", *TINY, "train.epochs=6", "strategy.checkpoint_every=3"],
+        ["search", *TINY, "train.epochs=4", "strategy.checkpoint_every=3"],
         ["search_log.csv", "arch.json"],
         ["seconds"],
     ),
@@ -62,7 +62,7 @@ COMMANDS = {
     ),
     "retrain": (
         ["retrain", "arch=proxylessnas_mobile", "data=digits", "data.resolution=16",
-         "space.width_multiplier=0.25", "train.batch_size=64", "train.epochs=4",
+         "space.width_multiplier=0.25", "train.batch_size=64", "train.epochs=2",
          "train.checkpoint_every=2"],
         ["metrics.csv", "arch.json"],
         ["train_seconds"],
