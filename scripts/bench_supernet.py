@@ -55,7 +55,7 @@ from nascli.search.health import (
     train_shared_uniform,
 )
 from nascli.search.tunas import TunasSearch, TunasSettings
-from nascli.space.arch import format_indices, get_space
+from nascli.space.arch import format_indices, get_space, largest_indices
 from nascli.space.references import references_in
 from nascli.space.schema import Zero
 from nascli.train.distributed import Context
@@ -110,15 +110,15 @@ VARIANTS["same_start+width,lazy_momentum"] = WIDTH
 VARIANTS["same_start+width,full_depth"] = WIDTH
 
 
+def skippable(space) -> list[bool]:
+    """Per decision: does it offer a skip (`Zero`)?"""
+    return [any(isinstance(c, Zero) for c in d.choices) for d in space.decisions]
+
+
 def kept_layers(space, indices) -> tuple[int, ...]:
-    """`indices` with every skippable layer kept (its first option that is not `Zero`)."""
-    kept = list(indices)
-    for position, decision in enumerate(space.decisions):
-        if any(isinstance(c, Zero) for c in decision.choices):
-            kept[position] = next(
-                i for i, c in enumerate(decision.choices) if not isinstance(c, Zero)
-            )
-    return tuple(kept)
+    """`indices` with every skippable layer kept (the largest child's choice there)."""
+    keep = largest_indices(space)
+    return tuple(k if s else i for i, k, s in zip(indices, keep, skippable(space), strict=True))
 
 
 def lazy_momentum(search: TunasSearch) -> None:
@@ -148,13 +148,11 @@ def lazy_momentum(search: TunasSearch) -> None:
 def full_depth(search: TunasSearch) -> None:
     """Every sampled child keeps all its skippable layers (never mixed with the skip)."""
     sample, space = search.sample, search.net.space
-    skippable = torch.tensor([any(isinstance(c, Zero) for c in d.choices) for d in space.decisions])
-    kept = torch.tensor(kept_layers(space, [0] * space.num_decisions))
+    skips, keep = torch.tensor(skippable(space)), torch.tensor(largest_indices(space))
 
     def without_skips(step, p_op, p_filter):
         indices, mixed, replaced = sample(step, p_op, p_filter)
-        indices = torch.where(skippable, kept, indices)
-        return indices, mixed & ~skippable, replaced
+        return torch.where(skips, keep, indices), mixed & ~skips, replaced
 
     search.sample = without_skips
 
