@@ -63,6 +63,7 @@ from nascli.train.distributed import Context
 SAME = ["strategy.zero_init_residual=true", "strategy.tied_kernels=true"]
 SAME += ["strategy.zero_init_se=true", "strategy.zero_init_width=false"]
 TUNAS = [o.replace("true", "false") for o in SAME]
+WIDTH = [*SAME[:3], "strategy.zero_init_width=true"]  # the same start with widths: tunas_cpu's
 #: Named sets of overrides of `nascli search`'s config, each explicit about every switch of the
 #: same start. `same_start+width` is strategy=tunas_cpu's.
 VARIANTS = {
@@ -85,29 +86,20 @@ VARIANTS = {
     "same_start,lr/3": [*SAME, "train.lr_per_256=0.033"],
     "same_start,lr*3": [*SAME, "train.lr_per_256=0.3"],
     "same_start,no_momentum": [*SAME, "train.momentum=0", "train.nesterov=false"],
-    "same_start+width": [*SAME[:3], "strategy.zero_init_width=true"],
-    "same_start+width,lr*3": [*SAME[:3], "strategy.zero_init_width=true", "train.lr_per_256=0.3"],
-    "same_start+width,1arch": [
-        *SAME[:3],
-        "strategy.zero_init_width=true",
-        "strategy.archs_per_rank=1",
-    ],
+    "same_start+width": WIDTH,
+    "same_start+width,lr*3": [*WIDTH, "train.lr_per_256=0.3"],
+    "same_start+width,1arch": [*WIDTH, "strategy.archs_per_rank=1"],
+    "same_start+width,no_momentum": [*WIDTH, "train.momentum=0", "train.nesterov=false"],
+    # These two change the training itself (HOOKS below), on the default's settings.
+    "same_start+width,lazy_momentum": WIDTH,
+    "same_start+width,full_depth": WIDTH,
     "tunas,no_warmup": [
         *TUNAS,
         "strategy.op_warmup_fraction=0",
         "strategy.filter_warmup_fraction=0",
     ],
     "tunas,lr*3": [*TUNAS, "train.lr_per_256=0.3"],
-    "same_start+width,no_momentum": [
-        *SAME[:3],
-        "strategy.zero_init_width=true",
-        "train.momentum=0",
-        "train.nesterov=false",
-    ],
 }
-WIDTH = [*SAME[:3], "strategy.zero_init_width=true"]
-VARIANTS["same_start+width,lazy_momentum"] = WIDTH
-VARIANTS["same_start+width,full_depth"] = WIDTH
 
 
 def skippable(space) -> list[bool]:
